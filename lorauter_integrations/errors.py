@@ -1,0 +1,57 @@
+"""Typed errors. Each is raised where its cause is known, with a message that says what to do."""
+
+from __future__ import annotations
+
+
+class LoRAuterError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InvalidInputError(LoRAuterError, ValueError):
+    """A prompt, an override or an argument is not usable as given."""
+
+
+class DatasetError(LoRAuterError, ValueError):
+    """A validation/test JSONL file is malformed (missing fields, wrong types, bad encoding...)."""
+
+
+class EncoderError(LoRAuterError):
+    """The sentence encoder cannot be loaded or does not match a store."""
+
+
+class StoreError(LoRAuterError):
+    """The Chroma task store cannot be opened, written or queried."""
+
+
+class EncoderMismatchError(StoreError):
+    """The store was built with another encoder (name or dimension)."""
+
+
+class UnknownTaskError(StoreError, KeyError):
+    """A task id that the store does not hold."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AdapterError(LoRAuterError):
+    """An adapter is missing, unreadable, unsafe or incompatible with the base model."""
+
+
+class UnknownAdapterError(AdapterError, KeyError):
+    """An adapter id that the pool does not hold."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class IncompatibleAdapterError(AdapterError):
+    """An adapter was trained for another base model, other modules or other shapes."""
+
+
+class CompositionError(LoRAuterError):
+    """Adapters cannot be combined with the requested strategy (e.g. unequal ranks)."""
+
+
+class ModelLoadError(LoRAuterError):
+    """The base model cannot be found or loaded."""
