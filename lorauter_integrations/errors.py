@@ -55,3 +55,7 @@ class CompositionError(LoRAuterError):
 
 class ModelLoadError(LoRAuterError):
     """The base model cannot be found or loaded."""
+
+
+class ToolCallError(LoRAuterError, ValueError):
+    """A tool call was required but the model's reply holds none that can be read."""
