@@ -1,0 +1,136 @@
+"""Shared fixtures: a tiny random-weight Llama with a real tokenizer, and real PEFT LoRA folders.
+
+Everything is built offline in milliseconds, so engine and composition tests run without the demo
+model. ``make_adapter`` writes genuine PEFT adapter folders (``adapter_config.json`` +
+``adapter_model.safetensors`` via ``PeftModel.save_pretrained``) with random non-zero factors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+TINY_BASE_ID = "tiny-random-llama"
+TINY_CONTEXT = 96
+_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_CORPUS = [
+    "Is this review positive or negative? The film was a joy from start to finish.",
+    "Translate to French: the cat sits on the mat.",
+    "Answer the question: what is the capital of France? Paris.",
+    "Summarize: the committee met on Tuesday and agreed on the budget for next year.",
+    "Premise: a man plays guitar. Hypothesis: a person makes music. Entailment? yes no maybe",
+    "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\"()[]{}-_/\\",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A small byte-level BPE tokenizer with a ChatML template, trained offline on a few lines."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
+    )
+    fast.chat_template = _CHAT_TEMPLATE
+    return fast
+
+
+def make_tiny_model(vocab_size: int, seed: int = 0):
+    """A 2-layer random Llama with grouped-query attention (q and v projections differ in shape)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=TINY_CONTEXT,
+        initializer_range=0.2, tie_word_embeddings=False, eos_token_id=None, pad_token_id=0,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.config.name_or_path = TINY_BASE_ID
+    return model
+
+
+@pytest.fixture
+def tiny_loaded(tiny_tokenizer):
+    """A fresh `LoadedModel` around the tiny random Llama (function scope: tests may mutate it)."""
+    from lorauter_integrations.models import LoadedModel
+
+    model = make_tiny_model(len(tiny_tokenizer))
+    return LoadedModel(model=model, tokenizer=tiny_tokenizer, base_model_id=TINY_BASE_ID, device="cpu")
+
+
+@pytest.fixture
+def make_adapter(tmp_path, tiny_tokenizer):
+    """Factory: ``make_adapter(name, r=4, targets=("q_proj", "v_proj"), ...) -> Path`` of a real
+    PEFT LoRA folder for the tiny model (random non-zero A and B, so every adapter changes outputs)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    def make(
+        name: str,
+        *,
+        r: int = 4,
+        alpha: int = 8,
+        targets: tuple[str, ...] = ("q_proj", "v_proj"),
+        seed: int | None = None,
+        base_model: str = TINY_BASE_ID,
+        root: Path | None = None,
+        hidden_size: int | None = None,
+    ) -> Path:
+        base = make_tiny_model(len(tiny_tokenizer))
+        if hidden_size is not None:  # a model of another size: shapes will not fit
+            from transformers import LlamaConfig, LlamaForCausalLM
+
+            cfg = LlamaConfig(**{**base.config.to_dict(), "hidden_size": hidden_size})
+            base = LlamaForCausalLM(cfg)
+        peft_model = get_peft_model(base, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets)))
+        gen = torch.Generator().manual_seed(seed if seed is not None else abs(hash(name)) % 2**31)
+        with torch.no_grad():
+            for pname, param in peft_model.named_parameters():
+                if "lora_" in pname:
+                    param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+        peft_model.peft_config["default"].base_model_name_or_path = base_model
+        folder = (root or tmp_path / "pool") / name
+        peft_model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
+        return folder
+
+    return make
+
+
+@pytest.fixture
+def tiny_pool_dir(tmp_path, make_adapter):
+    """A pool directory with a manifest: adapters a, b (r=4, q/v), c (r=2, q/k/v)."""
+    root = tmp_path / "pool"
+    make_adapter("a", r=4, seed=1, root=root)
+    make_adapter("b", r=4, seed=2, root=root)
+    make_adapter("c", r=2, seed=3, targets=("q_proj", "k_proj", "v_proj"), root=root)
+    manifest = {
+        "base_model": TINY_BASE_ID,
+        "adapters": [
+            {"id": "a", "path": "a", "tasks": ["task_a", "task_a2"], "description": "adapter a"},
+            {"id": "b", "path": "b", "tasks": ["task_b"], "description": "adapter b"},
+            {"id": "c", "path": "c", "tasks": ["task_c"], "description": "adapter c"},
+        ],
+    }
+    (root / "adapters.json").write_text(json.dumps(manifest))
+    return root
