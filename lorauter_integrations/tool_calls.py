@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 __all__ = [
     "ParsedToolCalls",
     "normalize_tool_spec",
+    "parse_json",
     "parse_tool_calls",
     "render_tool_call",
     "render_tool_result",
@@ -181,6 +182,22 @@ def parse_tool_calls(
             pos = start + 1
     content = _remove_spans(text, spans).strip()
     return ParsedToolCalls(content=content, tool_calls=calls, invalid_tool_calls=invalid)
+
+
+def parse_json(text: str) -> Any:
+    """The first JSON object or list in ``text``, read leniently (fences, prose around it,
+    single quotes, a tail cut off by a token limit). Raises ``ValueError`` when there is none."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected text, got {type(text).__name__}")
+    for m in _FENCE.finditer(text):
+        try:
+            return _load_json_like(m.group(1))
+        except (ValueError, RecursionError):
+            continue
+    try:
+        return _load_json_like(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 # --- internals -------------------------------------------------------------------------------

@@ -160,3 +160,21 @@ def test_garbage_never_raises(garbage):
 def test_results_are_plain_json_serialisable_dicts():
     parsed = parse_tool_calls('<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>', NAMES)
     json.dumps(parsed.model_dump())
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"name": "Erick", "age": 27}', 'Here you go:\n```json\n{"name": "Erick", "age": 27}\n```',
+     "{'name': 'Erick', 'age': 27}", 'Answer: {"name": "Erick", "age": 27} hope it helps', '{"name": "Erick", "age": 27'],
+)
+def test_parse_json_reads_the_object_small_models_write(text):
+    from lorauter_integrations.tool_calls import parse_json
+
+    assert parse_json(text) == {"name": "Erick", "age": 27}
+
+
+def test_parse_json_says_when_there_is_no_json():
+    from lorauter_integrations.tool_calls import parse_json
+
+    with pytest.raises(ValueError):
+        parse_json("no json here")
