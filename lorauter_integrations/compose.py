@@ -1,0 +1,356 @@
+"""Composition: a `Route` -> one low-rank delta per LoRA layer, activated on the base model.
+
+Every strategy reduces the selected adapters to one pair of factors per target module,
+``A [R, in]`` and ``B [out, R]`` with weights and LoRA scalings folded in, so that the layer
+computes ``W x + B (A x)``. How that pair is built is the strategy:
+
+- ``mixture`` (default, exact): ``W x + sum_i w_i s_i B_i A_i x``. Concatenating
+  ``A = [w_1 s_1 A_1; ...]`` and ``B = [B_1 ... B_k]`` gives exactly that sum in two small
+  matmuls (what PEFT's ``cat`` builds); ``cat`` is the same computation under PEFT's name.
+- ``linear`` / ``fusion``: ``A = sum sqrt(w_i s_i) A_i``, ``B = sum sqrt(w_i s_i) B_i``
+  (PEFT ``add_weighted_adapter(combination_type="linear")``; needs equal ranks; approximate).
+- ``ties``, ``magnitude_prune``, ``dare_linear``, ``dare_ties``: the same per-factor weighting,
+  merged with PEFT's own ``peft.utils.merge_utils`` functions (TIES-Merging, Yadav et al. 2023;
+  DARE, Yu et al. 2023). Need equal ranks. DARE's random drop is seeded, so a route always
+  yields the same composition.
+- ``svd``: the full weighted delta ``sum_i w_i s_i B_i A_i`` truncated to rank ``svd_rank``
+  (default: the largest input rank) by SVD, computed in fp32 (SVD is not implemented for
+  fp16/bf16), then cast back.
+
+This computes what ``add_weighted_adapter`` computes, directly on tensors: it avoids its traps
+(a no-op when the adapter name already exists, ~150 ms per call of module injection) and lets a
+composition be cached, applied by forward hooks (nothing of ours stays on the model when inactive),
+folded into the base weights for single-stream speed, or gathered per row for mixed batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal, Mapping, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import CompositionError
+from .pool import AdapterPool, AdapterWeights
+from .routing.route import Route
+
+Strategy = Literal[
+    "mixture", "cat", "linear", "fusion", "ties", "magnitude_prune", "dare_linear", "dare_ties", "svd"
+]
+STRATEGIES: tuple[str, ...] = Strategy.__args__
+_EQUAL_RANK = ("linear", "fusion", "ties", "magnitude_prune", "dare_linear", "dare_ties")
+
+
+class CompositionConfig(BaseModel):
+    """How a route's adapters are combined."""
+
+    model_config = ConfigDict(frozen=True)
+
+    strategy: Strategy = Field(default="mixture", description="Combination method (see module doc).")
+    density: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="Fraction of values kept by ties / magnitude_prune / dare."
+    )
+    majority_sign_method: Literal["total", "frequency"] = Field(
+        default="total", description="TIES sign election (PEFT's option)."
+    )
+    svd_rank: int | None = Field(default=None, ge=1, description="Rank of the svd composition (default: max rank).")
+    seed: int = Field(default=0, description="Seed of DARE's random drop (compositions are deterministic).")
+
+
+@dataclass(eq=False)
+class Composition:
+    """One route's composed factors per module: ``delta(x) = B @ (A @ x)`` (scalings folded in)."""
+
+    key: tuple
+    strategy: str
+    modules: Mapping[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (A [R, in], B [out, R])
+
+    @property
+    def rank(self) -> int:
+        return max((a.shape[0] for a, _ in self.modules.values()), default=0)
+
+
+# ----------------------------------------------------------------------------- the math
+def compose_factors(
+    adapters: Sequence[AdapterWeights], weights: Sequence[float], config: CompositionConfig
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Combine adapters into one (A, B) pair per module; pure tensor code, no model involved."""
+    if len(adapters) != len(weights):
+        raise CompositionError(f"{len(adapters)} adapters but {len(weights)} weights")
+    pairs = [(a, float(w)) for a, w in zip(adapters, weights) if w != 0.0]
+    if not pairs:
+        return {}
+    names: dict[str, None] = {}
+    for adapter, _ in pairs:
+        names.update(dict.fromkeys(adapter.modules))
+    strategy = config.strategy
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name in names:
+        present = [(a.modules[name], w, a.adapter_id) for a, w in pairs if name in a.modules]
+        if strategy in ("mixture", "cat"):
+            A = torch.cat([m.A * (w * m.scaling) for m, w, _ in present], dim=0)
+            B = torch.cat([m.B for m, _, _ in present], dim=1)
+        elif strategy == "svd":
+            A, B = _svd(present, config)
+        else:
+            ranks = {aid: m.A.shape[0] for m, _, aid in present}
+            if len(set(ranks.values())) > 1:
+                raise CompositionError(
+                    f"'{strategy}' needs adapters of equal rank, got {ranks} at module '{name}': "
+                    "use composition 'mixture' (exact, any ranks) or 'svd'"
+                )
+            A, B = _task_arithmetic(strategy, present, config)
+        out[name] = (A.contiguous(), B.contiguous())
+    return out
+
+
+def _task_arithmetic(strategy: str, present, config: CompositionConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    from peft.utils import merge_utils
+
+    # PEFT weights each factor by sqrt(w * scaling) so that B A carries w * scaling once.
+    factor = torch.tensor([math.sqrt(w * m.scaling) for m, w, _ in present], dtype=present[0][0].A.dtype,
+                          device=present[0][0].A.device)
+    result = []
+    for side in ("A", "B"):
+        tensors = [getattr(m, side) for m, _, _ in present]
+        if strategy in ("linear", "fusion"):
+            merged = merge_utils.task_arithmetic(tensors, factor)
+        elif strategy == "ties":
+            merged = merge_utils.ties(tensors, factor, config.density, config.majority_sign_method)
+        elif strategy == "magnitude_prune":
+            merged = merge_utils.magnitude_prune(tensors, factor, config.density)
+        else:
+            with torch.random.fork_rng(devices=[tensors[0].device] if tensors[0].is_cuda else []):
+                torch.manual_seed(config.seed)
+                if strategy == "dare_linear":
+                    merged = merge_utils.dare_linear(tensors, factor, config.density)
+                else:
+                    merged = merge_utils.dare_ties(tensors, factor, config.density, config.majority_sign_method)
+        result.append(merged.to(tensors[0].dtype))
+    return result[0], result[1]
+
+
+def _svd(present, config: CompositionConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    dtype = present[0][0].A.dtype
+    delta = sum(w * m.scaling * (m.B.float() @ m.A.float()) for m, w, _ in present)
+    rank = min(config.svd_rank or max(m.A.shape[0] for m, _, _ in present), *delta.shape)
+    U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+    return Vh[:rank].to(dtype), (U[:, :rank] * S[:rank]).to(dtype)
+
+
+# ----------------------------------------------------------------------------- forward hooks
+def _single_hook(A: torch.Tensor, B: torch.Tensor, module, args, output):
+    return output + torch.nn.functional.linear(torch.nn.functional.linear(args[0], A), B)
+
+
+def _rows_hook(At: torch.Tensor, Bt: torch.Tensor, module, args, output):
+    x = args[0]
+    if x.dim() != 3 or x.shape[0] != At.shape[0]:
+        raise CompositionError(
+            f"per-row adapters expect inputs [batch={At.shape[0]}, seq, features], got {tuple(x.shape)}"
+        )
+    return output + torch.bmm(torch.bmm(x, At), Bt)
+
+
+class Activation:
+    """A composition applied to the model; ``restore()`` (or leaving the ``with``) undoes it exactly."""
+
+    def __init__(self, composer: "Composer", handles=(), merged: Sequence[str] = ()):
+        self._composer = composer
+        self._handles = list(handles)
+        self._merged = list(merged)
+        self.restored = False
+
+    def restore(self) -> None:
+        """Remove hooks; copy back the saved base weights of merged modules (bit-identical)."""
+        if self.restored:
+            return
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        with torch.no_grad():
+            for name in self._merged:
+                self._composer._weight(name).copy_(self._composer._backups[name])
+        self._merged.clear()
+        self.restored = True
+        self._composer._release(self)
+
+    def __enter__(self) -> "Activation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+class Composer:
+    """Builds compositions for routes (cached, bounded) and applies them to one model.
+
+    Args:
+        model: The base ``transformers`` model (plain, not a PeftModel).
+        pool: Where adapter tensors come from (bound to ``model``).
+        config: Default composition strategy and its options.
+        max_cached: Compositions kept; the least recently used is dropped beyond it. A
+            composition is only referenced by the model while it is active, so dropping it
+            frees its tensors.
+    """
+
+    def __init__(self, model, pool: AdapterPool, config: CompositionConfig | None = None, max_cached: int = 32):
+        if max_cached < 1:
+            raise CompositionError("max_cached must be at least 1")
+        self.model = model
+        self.pool = pool
+        self.config = config or CompositionConfig()
+        self.max_cached = max_cached
+        self._cache: OrderedDict[tuple, Composition] = OrderedDict()
+        self._modules = dict(model.named_modules())
+        self._backups: dict[str, torch.Tensor] = {}  # pristine base weights of modules ever merged
+        self._active: Activation | None = None
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ cache
+    def composition(self, route: Route, config: CompositionConfig | None = None) -> Composition | None:
+        """The composition of ``route`` (None for the base model), from the cache when possible."""
+        if route.is_base:
+            return None
+        config = config or self.config
+        # Adapter revisions are part of the key: re-registering or removing an adapter can never
+        # serve a stale composition. The config is too: each strategy has its own entry.
+        pairs = sorted(zip(route.adapters, route.weights))  # one order: equal routes, equal tensors
+        key = (config, route.key(), tuple(self.pool.record(a).revision for a, _ in pairs))
+        with self._lock:
+            comp = self._cache.get(key)
+            if comp is not None:
+                self._cache.move_to_end(key)
+                return comp
+        adapters = [self.pool.weights(a) for a, _ in pairs]
+        comp = Composition(key=key, strategy=config.strategy,
+                           modules=compose_factors(adapters, [w for _, w in pairs], config))
+        with self._lock:
+            self._cache[key] = comp
+            while len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        return comp
+
+    @property
+    def cached(self) -> list[tuple]:
+        """Keys of the cached compositions, least recently used first."""
+        return list(self._cache)
+
+    def clear(self) -> None:
+        """Drop every cached composition and the saved base weights."""
+        with self._lock:
+            self._cache.clear()
+            if self._active is None:
+                self._backups.clear()
+
+    # ------------------------------------------------------------------ activation
+    @property
+    def active(self) -> bool:
+        return self._active is not None
+
+    def activate(self, composition: Composition | None, *, merge: bool = False) -> Activation:
+        """Apply one composition to every row: by hooks, or folded into the weights (``merge``).
+
+        Merging makes the forward pass exactly the base model's (no extra op), at the cost of
+        touching the weights: the first merge of a module keeps a copy of its pristine weight
+        and ``restore()`` copies it back, which is bit-exact (unmerge arithmetic is not).
+        """
+        with self._lock:
+            self._acquire()
+            if composition is None or not composition.modules:
+                act = Activation(self)
+            elif merge:
+                act = Activation(self, merged=self._merge(composition))
+            else:
+                handles = [
+                    self._modules[name].register_forward_hook(functools.partial(_single_hook, A, B))
+                    for name, (A, B) in composition.modules.items()
+                ]
+                act = Activation(self, handles=handles)
+            self._active = act
+            return act
+
+    def activate_rows(self, compositions: Sequence[Composition | None]) -> Activation:
+        """Apply a composition per batch row (None = base model) for one batched forward pass.
+
+        Each module gets the rows' factors gathered once, zero-padded to the largest rank, and
+        adds ``bmm(bmm(x, A_rows^T), B_rows^T)``: rows never see each other's adapters, and a
+        zero-padded rank adds exactly nothing.
+        """
+        with self._lock:
+            self._acquire()
+            try:
+                handles = []
+                distinct: list[Composition] = []
+                for comp in compositions:
+                    if comp is not None and all(comp is not d for d in distinct):
+                        distinct.append(comp)
+                names: dict[str, None] = {}
+                for comp in distinct:
+                    names.update(dict.fromkeys(comp.modules))
+                for name in names:
+                    At, Bt = self._gather(name, compositions)
+                    handles.append(self._modules[name].register_forward_hook(functools.partial(_rows_hook, At, Bt)))
+            except BaseException:
+                self._active = None
+                raise
+            act = Activation(self, handles=handles)
+            self._active = act
+            return act
+
+    # ------------------------------------------------------------------ internals
+    def _acquire(self) -> None:
+        if self._active is not None:
+            raise CompositionError(
+                "another composition is active on this model: restore() it first (RoutedModel serialises this)"
+            )
+
+    def _release(self, act: Activation) -> None:
+        with self._lock:
+            if self._active is act:
+                self._active = None
+
+    def _weight(self, name: str) -> torch.Tensor:
+        return self._modules[name].weight.data
+
+    def _merge(self, composition: Composition) -> list[str]:
+        done: list[str] = []
+        try:
+            with torch.no_grad():
+                for name, (A, B) in composition.modules.items():
+                    W = self._weight(name)
+                    if name not in self._backups:
+                        self._backups[name] = W.clone()
+                    if type(self._modules[name]).__name__ == "Conv1D":  # weight stored [in, out]
+                        W.addmm_(A.t(), B.t())
+                    else:
+                        W.addmm_(B, A)
+                    done.append(name)
+        except BaseException:
+            with torch.no_grad():
+                for name in done:
+                    self._weight(name).copy_(self._backups[name])
+            raise
+        return done
+
+    def _gather(self, name: str, compositions: Sequence[Composition | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        ref = self._weight(name)
+        rank = max((c.modules[name][0].shape[0] for c in compositions if c is not None and name in c.modules))
+        n_in, n_out = None, None
+        for c in compositions:
+            if c is not None and name in c.modules:
+                n_out, n_in = c.modules[name][1].shape[0], c.modules[name][0].shape[1]
+                break
+        At = torch.zeros(len(compositions), n_in, rank, dtype=ref.dtype, device=ref.device)
+        Bt = torch.zeros(len(compositions), rank, n_out, dtype=ref.dtype, device=ref.device)
+        for row, c in enumerate(compositions):
+            if c is not None and name in c.modules:
+                A, B = c.modules[name]
+                At[row, :, : A.shape[0]] = A.t()
+                Bt[row, : A.shape[0], :] = B.t()
+        return At, Bt
