@@ -1,0 +1,205 @@
+"""RoutedModel: batched generation with per-row routes, stop sequences, streaming, truncation."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from lorauter_integrations.engine import Generation, RoutedModel
+from lorauter_integrations.errors import InvalidInputError, UnknownAdapterError
+from lorauter_integrations.pool import AdapterPool
+from lorauter_integrations.routing.route import Route
+
+PROMPTS = [
+    "Is this review positive or negative? The film was a joy.",
+    "Translate to French: the cat sits on the mat.",
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is the capital of France?"}],
+    "Summarize: the committee met on Tuesday.",
+]
+
+
+def _r(adapters, weights=None):
+    weights = weights or [1.0 / len(adapters)] * len(adapters)
+    return Route(strategy="test", adapters=adapters, weights=weights)
+
+
+ROUTES = [_r(["a"]), _r(["b", "c"], [0.6, 0.4]), Route(strategy="base", fallback=True), _r(["a", "b", "c"])]
+
+
+@pytest.fixture
+def engine(tiny_loaded, tiny_pool_dir):
+    return RoutedModel(tiny_loaded, pool=AdapterPool.from_dir(tiny_pool_dir))
+
+
+def test_mixed_route_batch_equals_each_item_run_alone(engine):
+    batch = engine.generate(PROMPTS, ROUTES, max_new_tokens=12)
+    alone = [engine.generate([p], [r], max_new_tokens=12)[0] for p, r in zip(PROMPTS, ROUTES)]
+    assert [g.text for g in batch] == [g.text for g in alone]
+    assert [g.route for g in batch] == ROUTES
+    assert len({g.text for g in batch}) > 1
+
+
+def test_adapters_change_the_output_and_the_base_route_does_not(engine):
+    prompt = [PROMPTS[0]]
+    base = engine.generate(prompt, [Route(strategy="base")], max_new_tokens=12)[0].text
+    routed = engine.generate(prompt, [_r(["a"])], max_new_tokens=12)[0].text
+    assert routed != base
+
+
+def test_merged_and_hooked_single_route_give_the_same_text(engine):
+    merged = engine.generate(PROMPTS, [ROUTES[3]] * 4, max_new_tokens=12)
+    engine.merge = False
+    hooked = engine.generate(PROMPTS, [ROUTES[3]] * 4, max_new_tokens=12)
+    assert [g.text for g in merged] == [g.text for g in hooked]
+
+
+def test_generation_leaves_base_weights_bit_identical(engine):
+    before = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    engine.generate(PROMPTS[:2], [ROUTES[3], ROUTES[3]], max_new_tokens=4)  # merged path
+    engine.generate(PROMPTS, ROUTES, max_new_tokens=4)  # per-row path
+    after = engine.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(not m._forward_hooks for m in engine.model.modules())
+
+
+def test_usage_and_length_finish_reason(engine):
+    [g] = engine.generate([PROMPTS[1]], [ROUTES[0]], max_new_tokens=7)
+    assert isinstance(g, Generation)
+    assert g.finish_reason == "length" and g.completion_tokens == 7
+    assert g.prompt_tokens == len(engine.tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPTS[1]}], tokenize=True, add_generation_prompt=True)["input_ids"])
+
+
+def test_multi_token_stop_sequence_cuts_the_text(engine):
+    full = engine.generate([PROMPTS[0]], [ROUTES[0]], max_new_tokens=20)[0].text
+    stop = full[len(full) // 3 : len(full) // 3 + 4]
+    assert len(engine.tokenizer(stop, add_special_tokens=False)["input_ids"]) > 1
+    [g] = engine.generate([PROMPTS[0]], [ROUTES[0]], max_new_tokens=20, stop=[stop, "never-there"])
+    assert g.finish_reason == "stop"
+    assert g.text == full[: full.find(stop)]
+    assert g.completion_tokens < 20
+
+
+def test_stream_joins_to_the_generated_text(engine):
+    for stop in (None, ["zzz-not-there"]):
+        [g] = engine.generate([PROMPTS[2]], [ROUTES[1]], max_new_tokens=15, stop=stop)
+        chunks = list(engine.stream(PROMPTS[2], ROUTES[1], max_new_tokens=15, stop=stop))
+        assert "".join(c.text for c in chunks) == g.text
+        assert all(c.route == ROUTES[1] for c in chunks)
+        assert chunks[-1].finish_reason == g.finish_reason
+        assert chunks[-1].completion_tokens == g.completion_tokens
+        assert chunks[-1].prompt_tokens == g.prompt_tokens
+
+
+def test_stream_with_stop_never_shows_the_stop_text(engine):
+    full = engine.generate([PROMPTS[0]], [ROUTES[0]], max_new_tokens=20)[0].text
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    chunks = list(engine.stream(PROMPTS[0], ROUTES[0], max_new_tokens=20, stop=[stop]))
+    assert "".join(c.text for c in chunks) == full[: full.find(stop)]
+    assert chunks[-1].finish_reason == "stop"
+
+
+def test_long_prompt_is_left_truncated_and_the_route_says_so(engine):
+    long_prompt = "word " * 5000 + "final question?"
+    [g] = engine.generate([long_prompt], [ROUTES[0]], max_new_tokens=8)
+    assert g.route.truncated
+    assert g.prompt_tokens == engine.context_window - 8
+    [short] = engine.generate([PROMPTS[0]], [ROUTES[0]], max_new_tokens=8)
+    assert not short.route.truncated
+
+
+def test_sampling_is_reproducible_with_a_seed(engine):
+    kw = dict(max_new_tokens=10, temperature=1.0, top_p=0.9)
+    one = engine.generate(PROMPTS, ROUTES, seed=7, **kw)
+    two = engine.generate(PROMPTS, ROUTES, seed=7, **kw)
+    assert [g.text for g in one] == [g.text for g in two]
+
+
+def test_top_p_near_zero_is_greedy(engine):
+    greedy = engine.generate(PROMPTS, ROUTES, max_new_tokens=8)
+    nucleus = engine.generate(PROMPTS, ROUTES, max_new_tokens=8, temperature=0.7, top_p=1e-6, seed=1)
+    assert [g.text for g in greedy] == [g.text for g in nucleus]
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n", [], [{"role": "user", "content": "  "}], [{"role": "x", "content": "hi"}]])
+def test_empty_or_malformed_prompt_raises_invalid_input(engine, prompt):
+    with pytest.raises(InvalidInputError):
+        engine.generate([prompt], [ROUTES[0]])
+
+
+@pytest.mark.parametrize("kwargs", [{"max_new_tokens": 0}, {"temperature": -1}, {"top_p": 0}, {"stop": "x"},
+                                    {"max_new_tokens": 10_000}])
+def test_bad_generation_parameters_raise_invalid_input(engine, kwargs):
+    with pytest.raises(InvalidInputError):
+        engine.generate([PROMPTS[0]], [ROUTES[0]], **kwargs)
+
+
+def test_override_routes_are_validated_against_the_pool(engine):
+    assert engine.route_from_override(["a", "c"]).weights == [0.5, 0.5]
+    with pytest.raises(UnknownAdapterError):
+        engine.route_from_override(["nope"])
+    with pytest.raises(InvalidInputError):
+        engine.route_from_override(["a", "b"], [0.7, 0.7])
+    with pytest.raises(InvalidInputError):
+        engine.route_from_override(["a", "b"], [float("nan"), 1.0])
+
+
+def test_unrouted_prompts_use_the_router(tiny_loaded, tiny_pool_dir):
+    from lorauter_integrations.routing import BaseModelRouter
+
+    engine = RoutedModel(tiny_loaded, pool=AdapterPool.from_dir(tiny_pool_dir), router=BaseModelRouter())
+    [g] = engine.generate([PROMPTS[0]], max_new_tokens=3)
+    assert g.route.strategy == "base" and g.route.is_base
+
+
+def test_prompts_without_router_or_route_get_a_clear_error(engine):
+    with pytest.raises(InvalidInputError, match="pass router= or store="):
+        engine.generate([PROMPTS[0]])
+
+
+def test_concurrent_callers_get_the_same_outputs_as_sequential(engine):
+    expected = {i: engine.generate([p], [r], max_new_tokens=10)[0].text for i, (p, r) in enumerate(zip(PROMPTS, ROUTES))}
+    got: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def work(i):
+        try:
+            if i % 2:
+                got[i] = "".join(c.text for c in engine.stream(PROMPTS[i], ROUTES[i], max_new_tokens=10))
+            else:
+                got[i] = engine.generate([PROMPTS[i]], [ROUTES[i]], max_new_tokens=10)[0].text
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i % 4,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and got == expected
+
+
+def test_abandoned_stream_restores_the_model(engine):
+    before = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    stream = engine.stream(PROMPTS[0], ROUTES[3], max_new_tokens=20)
+    next(stream)
+    stream.close()
+    assert not engine.composer.active
+    assert all(torch.equal(before[k], v) for k, v in engine.model.state_dict().items())
+    assert engine.generate([PROMPTS[0]], [ROUTES[0]], max_new_tokens=2)  # lock released
+
+
+@pytest.mark.slow
+def test_demo_engine_generates_with_its_real_pool():
+    engine = RoutedModel.demo()
+    assert len(engine.pool) >= 12
+    query = "Review: the plot was dull and the acting wooden. Is this movie review positive or negative?"
+    route = engine.route(query)
+    assert route.adapters and abs(sum(route.weights) - 1) < 1e-6
+    [g] = engine.generate([query], max_new_tokens=8)
+    assert g.route.adapters == route.adapters
+    assert g.text.strip() and g.completion_tokens <= 8
+    chunks = list(engine.stream(query, max_new_tokens=8))
+    assert "".join(c.text for c in chunks) == g.text
