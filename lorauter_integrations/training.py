@@ -258,7 +258,7 @@ def train_adapter(
         # PEFT records the loaded folder as the base; the manifest and the pool's compatibility
         # check need the model's public id instead.
         model.peft_config["default"].base_model_name_or_path = loaded.base_model_id
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
         weights = load_file(tmp / ADAPTER_WEIGHTS)
         save_file({k: v.to(torch.float16).contiguous() for k, v in weights.items()},
                   tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
