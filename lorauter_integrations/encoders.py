@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -62,9 +63,14 @@ class SentenceEncoder:
     sentence-transformers id (which may need the hub, so set ``HF_HUB_OFFLINE=0`` yourself).
     """
 
-    def __init__(self, model: str = DEFAULT_ENCODER, *, device: str | None = None, batch_size: int = 64):
+    def __init__(self, model: str = DEFAULT_ENCODER, *, device: str | None = None, batch_size: int = 64,
+                 cache_size: int = 8192):
         self.name = Path(model).name if Path(model).exists() else model
         self.batch_size = batch_size
+        # Recently encoded texts: a framework layer routes and then logs the same prompt, and an
+        # evaluation routes the same queries under every strategy.
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
         self._lock = threading.Lock()
         path = packaged_model_path(model)
         source = str(path) if path is not None else model
@@ -88,12 +94,21 @@ class SentenceEncoder:
             raise TypeError("encode() takes a list of texts, not one string")
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._lock:  # the underlying torch module is shared between threads
-            vecs = self._model.encode(
-                list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=False,
-            )
-        return l2_normalise(vecs)
+        with self._lock:  # the underlying torch module (and the cache) are shared between threads
+            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+            if missing:
+                vecs = l2_normalise(self._model.encode(
+                    missing, batch_size=self.batch_size, normalize_embeddings=True,
+                    convert_to_numpy=True, show_progress_bar=False,
+                ))
+                for t, v in zip(missing, vecs):
+                    self._cache[t] = v
+            out = np.stack([self._cache[t] for t in texts])
+            for t in texts:
+                self._cache.move_to_end(t)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return out
 
     def __repr__(self) -> str:
         return f"SentenceEncoder({self.name!r}, dim={self.dim})"

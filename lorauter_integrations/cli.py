@@ -1,0 +1,231 @@
+"""The `lorauter` command.
+
+User mistakes end with one line on stderr and a non-zero exit (no traceback); progress goes to
+stderr so that ``--json`` output on stdout stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import LoRAuterError
+
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Route LLM calls to the right LoRA adapters (LoRAuter) - indexing, routing, evaluation.",
+)
+
+StoreOpt = typer.Option(None, "--store", help="Store folder (embedded Chroma). Default: $LORAUTER_CACHE/store.")
+ServerOpt = typer.Option(None, "--server", help="HOST:PORT of a `chroma run` server instead of a folder.")
+
+
+def _open_store(store: Optional[Path], server: Optional[str]):
+    from .models import cache_dir
+    from .store import TaskStore, make_client
+
+    if server:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit():
+            raise typer.BadParameter("--server takes HOST:PORT, e.g. 127.0.0.1:8000")
+        return TaskStore(client=make_client(host=host, port=int(port)))
+    return TaskStore(store or cache_dir() / "store")
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def index(
+    validation: Path = typer.Option(..., "--validation", help="JSONL of task, inputs[, targets, domain, metric]."),
+    store: Optional[Path] = StoreOpt,
+    server: Optional[str] = ServerOpt,
+) -> None:
+    """Build or update the task store from validation sets (idempotent)."""
+    from .data import load_tasks
+
+    tasks = load_tasks(validation)  # validate everything before touching the store
+    st = _open_store(store, server)
+    report = st.index(tasks)
+    typer.echo(f"{report}; the store holds {len(st)} tasks", err=True)
+
+
+@app.command()
+def tasks(store: Optional[Path] = StoreOpt, server: Optional[str] = ServerOpt,
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """List the tasks of the store."""
+    recs = _open_store(store, server).tasks()
+    if as_json:
+        _print_json([r.model_dump() for r in recs])
+    else:
+        for r in recs:
+            typer.echo(f"{r.task}\t{r.domain or '-'}\t{r.metric}\t{r.size}")
+
+
+@app.command()
+def remove(task: str, store: Optional[Path] = StoreOpt, server: Optional[str] = ServerOpt) -> None:
+    """Remove a task from the store."""
+    st = _open_store(store, server)
+    st.remove(task)
+    typer.echo(f"removed {task}; the store holds {len(st)} tasks", err=True)
+
+
+@app.command()
+def route(
+    text: str = typer.Argument(..., help="The prompt to route."),
+    store: Optional[Path] = StoreOpt,
+    server: Optional[str] = ServerOpt,
+    strategy: str = typer.Option("lorauter", "--strategy", "-s"),
+    k: int = typer.Option(3, "--top-k", "-k", min=1),
+    tau: float = typer.Option(0.2, "--tau", min=1e-6),
+    floor: Optional[float] = typer.Option(None, "--floor", help="Below this similarity use the base model."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Route one prompt and print the Route."""
+    from .routing import build_router
+
+    st = _open_store(store, server)
+    r = build_router(strategy, st, None, k=k, tau=tau, floor=floor).route(text)
+    if as_json:
+        _print_json(r.model_dump())
+        return
+    if r.fallback:
+        typer.echo("base model (no task close enough)")
+    for t, s in zip(r.tasks, r.similarities):
+        typer.echo(f"task     {t:<32} score {s:.3f}")
+    for a, w in zip(r.adapters, r.weights):
+        typer.echo(f"adapter  {a:<32} weight {w:.3f}")
+    typer.echo(f"({r.timings_ms.get('total', 0):.1f} ms)")
+
+
+@app.command("eval-routing")
+def eval_routing(
+    validation: Path = typer.Option(..., "--validation"),
+    test: Path = typer.Option(..., "--test"),
+    strategy: str = typer.Option("lorauter", "--strategy", "-s", help="A strategy, a comma list, or 'all'."),
+    ood: bool = typer.Option(False, "--ood", help="Exclude each query's own task (unseen-task setting)."),
+    both: bool = typer.Option(False, "--both", help="Run in-distribution and --ood."),
+    k: int = typer.Option(3, "--top-k", "-k", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Route every test query with a store built from the validation sets; print accuracy."""
+    from .evaluation.routing_eval import ROUTING_STRATEGIES, evaluate_routing_files, results_table
+    from .routing import STRATEGIES
+
+    names = list(ROUTING_STRATEGIES) if strategy == "all" else [s.strip() for s in strategy.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown:
+        raise typer.BadParameter(f"unknown strategy {unknown}; choose from {', '.join(STRATEGIES)} or all")
+    modes = (False, True) if both else (ood,)
+    results = evaluate_routing_files(validation, test, strategies=names, ood_modes=modes, k=k)
+    if as_json:
+        _print_json({"results": [r.model_dump() for r in results]})
+    else:
+        typer.echo(results_table(results))
+
+
+# --- adapter training, task -> adapter mapping, end-to-end evaluation (engineer C) ---------------
+@app.command("train-adapters")
+def train_adapters_cmd(
+    validation: Path = typer.Option(..., "--validation", help="JSONL validation sets (task, inputs, targets)."),
+    tasks_: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task ids (default: all)."),
+    out: Path = typer.Option(..., "--out", help="Pool folder: one adapter folder per task + adapters.json."),
+    epochs: int = typer.Option(3, "--epochs", min=1),
+    model: str = typer.Option("demo", "--model", help="Base model: 'demo', a HF id or a local path."),
+) -> None:
+    """Train one LoRA adapter per task (resumable: complete adapters are skipped)."""
+    from .training import LoraTrainingConfig, train_adapters
+
+    names = [t.strip() for t in tasks_.split(",") if t.strip()] if tasks_ else None
+    for r in train_adapters(validation, names, out, LoraTrainingConfig(epochs=epochs), base_model=model):
+        typer.echo(f"{r.adapter_id}: skipped (complete)" if r.skipped else
+                   f"{r.adapter_id}: {r.steps} steps, loss {r.first_loss:.3f} -> {r.last_epoch_loss:.3f}, "
+                   f"{r.seconds:.0f} s", err=True)
+
+
+@app.command("map-adapters")
+def map_adapters_cmd(
+    validation: Path = typer.Option(..., "--validation", help="JSONL validation sets of the tasks to map."),
+    pool: Path = typer.Option(..., "--pool", help="Adapter pool folder (its adapters.json is updated)."),
+    tasks_: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task ids (default: all)."),
+    start_examples: int = typer.Option(2, "--start-examples", min=1, help="Examples per adapter in round 1."),
+    max_examples: int = typer.Option(8, "--max-examples", min=1, help="Examples in the last round at most."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the map without writing the manifest."),
+    model: str = typer.Option("demo", "--model"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Map each task to the pool adapter with the best validation log-likelihood (successive halving)."""
+    from .mapping import HalvingConfig, map_adapters
+
+    names = [t.strip() for t in tasks_.split(",") if t.strip()] if tasks_ else None
+    result = map_adapters(validation, pool, base_model=model, tasks=names, write=not dry_run,
+                          config=HalvingConfig(start_examples=start_examples, max_examples=max_examples))
+    if as_json:
+        _print_json(result.model_dump())
+        return
+    for t in result.tasks:
+        own = "" if t.own_adapter is None else (" (own)" if t.own_adapter == t.adapter else f" (own: {t.own_adapter})")
+        typer.echo(f"{t.task:<32} -> {t.adapter}{own}  score {t.score:.3f}")
+    typer.echo(f"{result.evaluations} adapter x example passes ({result.exhaustive_evaluations} exhaustive), "
+               f"{result.seconds:.0f} s", err=True)
+
+
+@app.command("eval")
+def eval_cmd(
+    test: Path = typer.Option(..., "--test", help="JSONL test queries (task, inputs, targets, domain, metric)."),
+    strategies: str = typer.Option("base,oracle,lorauter,retriever,examples,uniform", "--strategies"),
+    ood: bool = typer.Option(False, "--ood", help="Unseen tasks: the query's own adapter is unreachable."),
+    both: bool = typer.Option(False, "--both", help="Evaluate ID and --ood in one run (shared generations)."),
+    tasks_: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated tasks (default: those with an own adapter)."),
+    limit_per_task: int = typer.Option(5, "--limit-per-task", min=1, help="First N queries of each task."),
+    as_json: bool = typer.Option(False, "--json"),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG bar chart here."),
+    markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write the Markdown tables here."),
+    per_adapter_path: Optional[Path] = typer.Option(None, "--per-adapter", help="Write the adapter-vs-base table here."),
+) -> None:
+    """Generate for every test query under each routing strategy and score the answers."""
+    from .engine import RoutedModel
+    from .evaluation import e2e
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    report = e2e.evaluate_e2e(
+        RoutedModel.demo(), test, strategies=names, ood_modes=(False, True) if both else (ood,),
+        tasks=[t.strip() for t in tasks_.split(",") if t.strip()] if tasks_ else None, limit_per_task=limit_per_task,
+    )
+    text = e2e.markdown(report)
+    if markdown_path:
+        markdown_path.write_text(text, encoding="utf-8")
+    if per_adapter_path:
+        per_adapter_path.write_text(e2e.per_adapter_markdown(report), encoding="utf-8")
+    if plot_path:
+        e2e.plot(report, plot_path)
+    if as_json:
+        _print_json(report.model_dump())
+    else:
+        typer.echo(text)
+
+
+def main() -> None:
+    """Console entry point: typed errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except LoRAuterError as exc:
+        typer.echo("error: " + " ".join(str(exc).split()), err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

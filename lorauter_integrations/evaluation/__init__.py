@@ -1,0 +1,1 @@
+"""Evaluation: routing quality, metrics and end-to-end generation quality."""

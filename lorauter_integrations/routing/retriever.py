@@ -1,0 +1,62 @@
+"""LoraRetriever (arXiv 2402.09997): input-aware retrieval of *adapters*, uniform weights.
+
+Each adapter is represented by the mean embedding of a few samples of the task(s) it was
+trained on; a query takes the top-k adapters by cosine similarity, each with weight 1/k.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from ..encoders import l2_normalise
+from ..store import TaskStore
+from .base import Router, Stopwatch
+from .route import Route
+
+
+class RetrieverRouter(Router):
+    strategy = "retriever"
+
+    def __init__(self, store: TaskStore, task_to_adapter: Mapping[str, str] | None = None, *,
+                 k: int = 3, samples_per_adapter: int = 5):
+        self.store, self.k = store, k
+        tasks = [r.task for r in store.tasks()]
+        t2a = dict(task_to_adapter) if task_to_adapter is not None else {t: t for t in tasks}
+        # An adapter is embedded from samples of the task(s) it was trained on: for a manifest
+        # that lists several tasks per adapter we pool their first samples.
+        by_adapter: dict[str, list[str]] = {}
+        for t in tasks:
+            if t in t2a and t2a[t] == t:  # the adapter's own task
+                by_adapter.setdefault(t2a[t], []).append(t)
+        for t in tasks:
+            a = t2a.get(t)
+            if a is not None and a not in by_adapter:
+                by_adapter.setdefault(a, []).append(t)
+        samples = store.examples(sorted({t for ts in by_adapter.values() for t in ts}), limit=samples_per_adapter)
+        self.adapters = sorted(a for a, ts in by_adapter.items() if any(t in samples for t in ts))
+        self.adapter_tasks = {a: by_adapter[a] for a in self.adapters}
+        self.matrix = l2_normalise(np.stack([
+            np.concatenate([samples[t] for t in by_adapter[a] if t in samples]).mean(0) for a in self.adapters
+        ])) if self.adapters else np.zeros((0, store.encoder.dim), dtype=np.float32)
+
+    def _route_batch(self, texts, *, exclude, known):
+        sw = Stopwatch(len(texts))
+        q = self.store.encode(texts)
+        sw.lap("encode")
+        allowed = np.array([not set(self.adapter_tasks[a]) <= exclude for a in self.adapters], dtype=bool)
+        sims = q @ self.matrix.T
+        sims[:, ~allowed] = -np.inf
+        sw.lap("query")
+        out = []
+        k = min(self.k, int(allowed.sum()))
+        for row in sims:
+            top = np.argsort(-row, kind="stable")[:k]
+            adapters = [self.adapters[i] for i in top]
+            tasks = [next(t for t in self.adapter_tasks[a] if t not in exclude) for a in adapters]
+            out.append((tasks, [float(row[i]) for i in top], adapters))
+        sw.lap("weights")
+        timings = sw.result()
+        return [Route(strategy=self.strategy, tasks=t, similarities=s, adapters=a,
+                      weights=[1.0 / len(a)] * len(a), fallback=not a, timings_ms=timings) for t, s, a in out]

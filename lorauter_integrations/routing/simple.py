@@ -1,0 +1,100 @@
+"""Reference strategies: ``uniform`` (every adapter equal), ``oracle`` (the query's known task),
+``base`` (no adapter), and user overrides (explicit adapters and weights)."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from ..errors import InvalidInputError, UnknownAdapterError
+from ..store import TaskStore
+from .base import Router, merge_by_adapter
+from .route import Route
+
+
+def _adapters_of(store: TaskStore, task_to_adapter: Mapping[str, str] | None) -> list[str]:
+    tasks = [r.task for r in store.tasks()]
+    if task_to_adapter is None:
+        return tasks
+    return sorted({task_to_adapter[t] for t in tasks if t in task_to_adapter})
+
+
+class UniformRouter(Router):
+    """Every adapter of the pool with the same weight (the composition baseline)."""
+
+    strategy = "uniform"
+
+    def __init__(self, store: TaskStore, task_to_adapter: Mapping[str, str] | None = None):
+        self.adapters = _adapters_of(store, task_to_adapter)
+
+    def _route_batch(self, texts, *, exclude, known):
+        w = [1.0 / len(self.adapters)] * len(self.adapters) if self.adapters else []
+        return [Route(strategy=self.strategy, adapters=list(self.adapters), weights=w,
+                      fallback=not self.adapters) for _ in texts]
+
+
+class OracleRouter(Router):
+    """The adapter of the query's known task (evaluation upper bound for single-task routing)."""
+
+    strategy = "oracle"
+
+    def __init__(self, store: TaskStore | None = None, task_to_adapter: Mapping[str, str] | None = None):
+        self.task_to_adapter = task_to_adapter
+
+    def _route_batch(self, texts, *, exclude, known):
+        routes = []
+        for task in known:
+            if task is None:
+                raise InvalidInputError("the oracle strategy needs the query's task (known_task=...)")
+            adapters, weights = merge_by_adapter([task], [1.0], self.task_to_adapter)
+            routes.append(Route(strategy=self.strategy, tasks=[task], similarities=[1.0],
+                                adapters=adapters, weights=weights, fallback=not adapters))
+        return routes
+
+
+class BaseModelRouter(Router):
+    """No adapter: the base model answers."""
+
+    strategy = "base"
+
+    def __init__(self, store: TaskStore | None = None, task_to_adapter: Mapping[str, str] | None = None):
+        pass
+
+    def _route_batch(self, texts, *, exclude, known):
+        return [Route(strategy=self.strategy, fallback=True) for _ in texts]
+
+
+def override_route(
+    adapters: Sequence[str],
+    weights: Sequence[float] | None = None,
+    *,
+    known_adapters: Sequence[str] | None = None,
+    tolerance: float = 1e-4,
+) -> Route:
+    """A `Route` the caller chose: validated adapters and weights (uniform when omitted).
+
+    Weights must be finite, non-negative and sum to 1 (within ``tolerance``); ids must be known.
+    """
+    adapters = list(adapters)
+    if not adapters:
+        return Route(strategy="override", fallback=True)
+    if len(set(adapters)) != len(adapters):
+        raise InvalidInputError(f"adapter ids repeat in the override: {adapters}")
+    if known_adapters is not None:
+        known = set(known_adapters)
+        missing = [a for a in adapters if a not in known]
+        if missing:
+            raise UnknownAdapterError(f"unknown adapter id(s) {missing}; known: {sorted(known)}")
+    if weights is None:
+        weights = [1.0 / len(adapters)] * len(adapters)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(adapters):
+        raise InvalidInputError(f"{len(adapters)} adapters but {len(weights)} weights: give one weight per adapter")
+    if not all(math.isfinite(w) for w in weights):
+        raise InvalidInputError(f"weights must be finite numbers, got {weights}")
+    if any(w < 0 for w in weights):
+        raise InvalidInputError(f"weights must be non-negative, got {weights}")
+    if abs(sum(weights) - 1.0) > tolerance:
+        raise InvalidInputError(f"weights must sum to 1, got {sum(weights):.6f}")
+    return Route(strategy="override", adapters=adapters, weights=weights, similarities=[],
+                 tasks=[], fallback=False)

@@ -1,0 +1,423 @@
+"""`TaskStore`: task representations and validation examples in Chroma.
+
+Layout (every collection in cosine space, every vector computed by us, never by Chroma):
+
+- ``{name}-examples``  one record per validation example: the dense sentence embedding of its
+  input, the input as document, ``task``/``domain`` metadata. Used by the ``examples`` and
+  ``retriever`` strategies and to (re)compute task vectors without re-encoding.
+- ``{name}-tasks-{rep}``  one or a few records (prototypes) per task for each task
+  representation ``rep`` (``paper``: the LoRAuter mean embedding; ``hybrid``: our default).
+- ``{name}-meta``  the task registry (one record per *completely indexed* task: domain, metric,
+  size, content hash, created-at) and the fitted state of each representation.
+
+A task is written examples first, vectors next, registry record last, so a killed index run
+leaves the store queryable and a re-run finishes the job (content hashes make re-runs idempotent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Collection, Iterable, Sequence
+
+import numpy as np
+from pydantic import BaseModel
+from tqdm.auto import tqdm
+
+from .data import TaskSet, load_tasks
+from .encoders import DEFAULT_ENCODER, Encoder, get_encoder
+from .errors import EncoderMismatchError, InvalidInputError, StoreError, UnknownTaskError
+from .representations import REPRESENTATIONS, TaskRepresentation, make_representation
+
+DEFAULT_STORE_NAME = "lorauter"
+_STATE_PREFIX = "state:"
+_TASK_PREFIX = "task:"
+_BATCH = 1000  # below Chroma's max batch size on every backend
+
+
+class TaskRecord(BaseModel):
+    """What the store knows of one task."""
+
+    task: str
+    domain: str | None = None
+    metric: str = "em"
+    size: int = 0
+    created_at: str = ""
+    content_hash: str = ""
+
+
+@dataclass
+class IndexReport:
+    """What an `index` call did."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged"
+
+
+def _content_hash(ts: TaskSet) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([ts.domain, ts.metric], sort_keys=True).encode())
+    for ex in ts.examples:
+        h.update(json.dumps([ex.inputs, ex.targets], ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
+def _wrap_chroma(action: str):
+    """Turn Chroma/transport exceptions into `StoreError` with the action that failed."""
+
+    def deco(fn):
+        def inner(self, *args, **kwargs):
+            try:
+                return fn(self, *args, **kwargs)
+            except (StoreError, InvalidInputError):
+                raise
+            except Exception as exc:  # chromadb raises many unrelated types (httpx, sqlite, rust)
+                raise StoreError(f"task store: cannot {action}: {type(exc).__name__}: {exc}") from exc
+
+        inner.__name__, inner.__doc__ = fn.__name__, fn.__doc__
+        return inner
+
+    return deco
+
+
+def make_client(path: str | Path | None = None, *, host: str | None = None, port: int = 8000,
+                timeout_s: float = 10.0):
+    """A Chroma client: embedded `PersistentClient(path)`, or `HttpClient(host, port)`.
+
+    The HTTP client is given bounded timeouts so that an unreachable server is an error, not a hang.
+    """
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False, allow_reset=False)
+    try:
+        if host is not None:
+            settings = Settings(anonymized_telemetry=False, chroma_server_http_timeout=timeout_s)  # type: ignore[call-arg]
+            client = chromadb.HttpClient(host=host, port=port, settings=settings)
+            client.heartbeat()
+            return client
+        if path is None:
+            raise InvalidInputError("give a store path (embedded Chroma) or a server host")
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(p), settings=settings)
+    except InvalidInputError:
+        raise
+    except Exception as exc:
+        where = f"server {host}:{port}" if host else f"path {path}"
+        raise StoreError(f"cannot open the Chroma store at {where}: {type(exc).__name__}: {exc}") from exc
+
+
+class TaskStore:
+    """Chroma collections of task vectors and example vectors.
+
+    >>> store = TaskStore(".lorauter-store")                # embedded, persistent
+    >>> store.index_file("data/flan/validation.jsonl")      # idempotent; progress bar
+    >>> store.nearest_tasks("hybrid", store.featurize("hybrid", ["Is this review positive?"]), k=3)
+
+    ``client`` may be any chromadb client (``chromadb.HttpClient`` for a shared ``chroma run``
+    server). ``encoder`` defaults to the encoder the store was built with (or all-MiniLM-L6-v2
+    for a new store); a store built with another encoder refuses to open.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        client: Any = None,
+        encoder: Encoder | str | None = None,
+        name: str = DEFAULT_STORE_NAME,
+        representations: Sequence[str] = tuple(REPRESENTATIONS),
+    ):
+        self.client = client if client is not None else make_client(path)
+        self.name = name
+        self._lock = threading.RLock()
+        self._examples = self._collection(f"{name}-examples")
+        self._meta = self._collection(f"{name}-meta")
+        recorded = self._examples.metadata or {}
+        enc_name = recorded.get("encoder")
+        if encoder is None:
+            encoder = get_encoder(enc_name or DEFAULT_ENCODER)
+        elif isinstance(encoder, str):
+            encoder = get_encoder(encoder)
+        self.encoder: Encoder = encoder
+        if enc_name is not None and (enc_name != encoder.name or int(recorded.get("dim", -1)) != encoder.dim):
+            raise EncoderMismatchError(
+                f"store '{name}' was built with encoder {enc_name} (dim {recorded.get('dim')}), "
+                f"not {encoder.name} (dim {encoder.dim}): open it with that encoder or re-index "
+                "into a new store"
+            )
+        self.representations: dict[str, TaskRepresentation] = {}
+        for rep in representations:
+            self.representations[rep] = make_representation(rep)
+        self._task_cols = {rep: self._collection(f"{name}-tasks-{rep}") for rep in self.representations}
+        self._load_states()
+        self._registry_cache: dict[str, TaskRecord] | None = None
+
+    # -- collections ------------------------------------------------------------------------
+    @_wrap_chroma("open a collection")
+    def _collection(self, cname: str):
+        return self.client.get_or_create_collection(
+            cname, embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
+        )
+
+    def _stamp_encoder(self) -> None:
+        if not (self._examples.metadata or {}).get("encoder"):
+            self._examples.modify(metadata={"encoder": self.encoder.name, "dim": int(self.encoder.dim)})
+
+    def _load_states(self) -> None:
+        ids = [_STATE_PREFIX + rep for rep in self.representations]
+        got = self._meta.get(ids=ids, include=["documents"])
+        for rid, doc in zip(got["ids"], got["documents"] or []):
+            if doc:
+                self.representations[rid[len(_STATE_PREFIX):]].load_state_dict(json.loads(doc))
+
+    # -- reading ----------------------------------------------------------------------------
+    @_wrap_chroma("read the task registry")
+    def _registry(self) -> dict[str, TaskRecord]:
+        with self._lock:
+            if self._registry_cache is None:
+                got = self._meta.get(where={"kind": "task"}, include=["metadatas"])
+                recs = {}
+                for md in got["metadatas"] or []:
+                    rec = TaskRecord.model_validate({k: v for k, v in md.items() if k != "kind"})
+                    recs[rec.task] = rec
+                self._registry_cache = recs
+            return self._registry_cache
+
+    def refresh(self) -> None:
+        """Forget cached registry and state (another process may have changed a shared store)."""
+        with self._lock:
+            self._registry_cache = None
+            self._load_states()
+
+    def tasks(self) -> list[TaskRecord]:
+        """Every completely indexed task, sorted by id."""
+        return sorted(self._registry().values(), key=lambda r: r.task)
+
+    def task(self, task: str) -> TaskRecord:
+        try:
+            return self._registry()[task]
+        except KeyError:
+            raise UnknownTaskError(f"task '{task}' is not in the store; `lorauter index` it first") from None
+
+    def __contains__(self, task: str) -> bool:
+        return task in self._registry()
+
+    def __len__(self) -> int:
+        return len(self._registry())
+
+    def domains(self) -> dict[str, str | None]:
+        return {r.task: r.domain for r in self._registry().values()}
+
+    @_wrap_chroma("read examples")
+    def examples(self, tasks: Collection[str] | None = None, *, limit: int | None = None) -> dict[str, np.ndarray]:
+        """Dense example vectors per task (first ``limit`` of each, in indexing order)."""
+        where = {"task": {"$in": list(tasks)}} if tasks is not None else None
+        got = self._examples.get(where=where, include=["embeddings", "metadatas"])
+        rows: dict[str, list[tuple[str, np.ndarray]]] = {}
+        for rid, emb, md in zip(got["ids"], got["embeddings"], got["metadatas"]):
+            rows.setdefault(md["task"], []).append((rid, np.asarray(emb, dtype=np.float32)))
+        out = {}
+        for t, items in rows.items():
+            items.sort(key=lambda x: x[0])
+            vecs = [v for _, v in items][: limit or None]
+            out[t] = np.stack(vecs)
+        return out
+
+    # -- encoding ---------------------------------------------------------------------------
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Dense, unit-norm encoder vectors."""
+        return self.encoder.encode(list(texts))
+
+    def featurize(self, rep: str, texts: Sequence[str], dense: np.ndarray | None = None) -> np.ndarray:
+        """Query vectors of representation ``rep`` (encodes ``texts`` unless ``dense`` is given)."""
+        if dense is None:
+            dense = self.encode(texts)
+        return self._rep(rep).featurize(list(texts), dense)
+
+    def _rep(self, rep: str) -> TaskRepresentation:
+        try:
+            return self.representations[rep]
+        except KeyError:
+            raise InvalidInputError(
+                f"representation '{rep}' is not kept in this store; kept: {sorted(self.representations)}"
+            ) from None
+
+    # -- querying ---------------------------------------------------------------------------
+    @_wrap_chroma("query task vectors")
+    def nearest_tasks(
+        self, rep: str, vectors: np.ndarray, k: int, *, exclude: Collection[str] = ()
+    ) -> list[list[tuple[str, float]]]:
+        """For each query vector: the ``k`` most similar tasks as (task, cosine), best first.
+
+        A task with several prototypes scores with its best one. ``exclude`` removes tasks from
+        the candidates inside the Chroma query (no post-filtering, so ``k`` results still come back).
+        """
+        col = self._task_cols[self._rep(rep).name]
+        total = col.count()
+        if total == 0:
+            raise StoreError("the task store is empty: run `lorauter index --validation FILE` first")
+        per_task = max(1, self._rep(rep).prototypes_per_task)
+        n = min(total, k * per_task + per_task)
+        where = {"task": {"$nin": list(exclude)}} if exclude else None
+        res = col.query(query_embeddings=np.asarray(vectors, dtype=np.float32), n_results=n,
+                        where=where, include=["distances", "metadatas"])
+        out = []
+        for dists, mds in zip(res["distances"], res["metadatas"]):
+            best: dict[str, float] = {}
+            for d, md in zip(dists, mds):
+                sim = 1.0 - float(d)
+                t = md["task"]
+                if sim > best.get(t, -np.inf):
+                    best[t] = sim
+            ranked = sorted(best.items(), key=lambda x: (-x[1], x[0]))[:k]
+            out.append(ranked)
+        return out
+
+    @_wrap_chroma("query example vectors")
+    def nearest_examples(
+        self, vectors: np.ndarray, n: int, *, exclude: Collection[str] = ()
+    ) -> list[list[tuple[str, float]]]:
+        """For each dense query vector: its ``n`` nearest examples as (task, cosine distance)."""
+        total = self._examples.count()
+        if total == 0:
+            raise StoreError("the task store is empty: run `lorauter index --validation FILE` first")
+        where = {"task": {"$nin": list(exclude)}} if exclude else None
+        res = self._examples.query(query_embeddings=np.asarray(vectors, dtype=np.float32),
+                                   n_results=min(n, total), where=where, include=["distances", "metadatas"])
+        return [[(md["task"], float(d)) for d, md in zip(ds, mds)] for ds, mds in zip(res["distances"], res["metadatas"])]
+
+    # -- writing ----------------------------------------------------------------------------
+    def index_file(self, path: str | Path, *, progress: bool = True) -> IndexReport:
+        """Index (add or update) every task of a validation JSONL file."""
+        return self.index(load_tasks(path), progress=progress)
+
+    @_wrap_chroma("index tasks")
+    def index(self, tasks: Iterable[TaskSet], *, progress: bool = True) -> IndexReport:
+        """Add new tasks and update changed ones; unchanged tasks are skipped (idempotent)."""
+        tasks = list(tasks)
+        seen: set[str] = set()
+        for ts in tasks:
+            if ts.task in seen:
+                raise InvalidInputError(f"task '{ts.task}' is given twice; merge its examples into one task")
+            seen.add(ts.task)
+            if not ts.examples:
+                raise InvalidInputError(f"task '{ts.task}' has no examples")
+        report = IndexReport()
+        with self._lock:
+            self._registry_cache = None
+            registry = self._registry()
+            todo = []
+            for ts in tasks:
+                h = _content_hash(ts)
+                old = registry.get(ts.task)
+                if old is not None and old.content_hash == h:
+                    report.unchanged.append(ts.task)
+                else:
+                    todo.append((ts, h))
+                    (report.updated if old is not None else report.added).append(ts.task)
+            if not todo:
+                return report
+            self._stamp_encoder()
+            bar = tqdm(todo, desc="indexing tasks", unit="task", disable=not progress)
+            for ts, _ in bar:
+                bar.set_postfix_str(ts.task)
+                dense = self.encode(ts.inputs)
+                self._examples.delete(where={"task": ts.task})
+                ids = [f"{ts.task}/{i:05d}" for i in range(len(ts.examples))]
+                md = {"task": ts.task, "domain": ts.domain or ""}
+                for s in range(0, len(ids), _BATCH):
+                    self._examples.upsert(ids=ids[s:s + _BATCH], embeddings=dense[s:s + _BATCH],
+                                          documents=ts.inputs[s:s + _BATCH], metadatas=[md] * len(ids[s:s + _BATCH]))
+            self._rebuild_task_vectors()
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            recs = [TaskRecord(task=ts.task, domain=ts.domain, metric=ts.metric, size=len(ts.examples),
+                               created_at=now, content_hash=h) for ts, h in todo]
+            self._write_registry(recs)
+        return report
+
+    def _write_registry(self, recs: list[TaskRecord]) -> None:
+        for s in range(0, len(recs), _BATCH):
+            chunk = recs[s:s + _BATCH]
+            self._meta.upsert(
+                ids=[_TASK_PREFIX + r.task for r in chunk],
+                embeddings=np.ones((len(chunk), 1), dtype=np.float32),
+                metadatas=[{"kind": "task", **r.model_dump(exclude_none=True)} for r in chunk],
+            )
+        self._registry_cache = None
+
+    def _rebuild_task_vectors(self) -> None:
+        """Refit every representation on all examples and rewrite all task vectors.
+
+        Representations may hold corpus statistics (e.g. IDF), so one task's change can move
+        every task's vector; with tens of thousands of examples this is seconds, no re-encoding.
+        """
+        got = self._examples.get(include=["embeddings", "metadatas", "documents"])
+        if not got["ids"]:
+            for col in self._task_cols.values():
+                if col.count():
+                    col.delete(ids=col.get(include=[])["ids"])
+            return
+        order = np.argsort(np.asarray(got["ids"]), kind="stable")
+        dense = np.asarray(got["embeddings"], dtype=np.float32)[order]
+        texts = [got["documents"][i] for i in order]
+        mds = [got["metadatas"][i] for i in order]
+        task_of = [m["task"] for m in mds]
+        domain_of = {m["task"]: m.get("domain", "") for m in mds}
+        for rep_name, rep in self.representations.items():
+            rep.fit(texts, dense, task_of)
+            feats = rep.featurize(texts, dense)
+            ids, vecs, metas = [], [], []
+            idx_by_task: dict[str, list[int]] = {}
+            for i, t in enumerate(task_of):
+                idx_by_task.setdefault(t, []).append(i)
+            for t, idx in idx_by_task.items():
+                protos = rep.task_vectors(feats[idx])
+                for j, v in enumerate(protos):
+                    ids.append(f"{t}/{j}")
+                    vecs.append(v)
+                    metas.append({"task": t, "domain": domain_of[t], "prototype": j})
+            col = self._task_cols[rep_name]
+            existing = set(col.get(include=[])["ids"])
+            stale = sorted(existing - set(ids))
+            if stale:
+                col.delete(ids=stale)
+            vecs_arr = np.asarray(vecs, dtype=np.float32)
+            for s in range(0, len(ids), _BATCH):
+                col.upsert(ids=ids[s:s + _BATCH], embeddings=vecs_arr[s:s + _BATCH], metadatas=metas[s:s + _BATCH])
+            self._meta.upsert(ids=[_STATE_PREFIX + rep_name], embeddings=np.ones((1, 1), dtype=np.float32),
+                              documents=[json.dumps(rep.state_dict())], metadatas=[{"kind": "state"}])
+
+    @_wrap_chroma("remove a task")
+    def remove(self, task: str) -> None:
+        """Remove a task (registry first, so a killed removal never leaves a half-routable task)."""
+        with self._lock:
+            self.task(task)  # raises UnknownTaskError
+            self._meta.delete(ids=[_TASK_PREFIX + task])
+            self._registry_cache = None
+            self._examples.delete(where={"task": task})
+            self._rebuild_task_vectors()
+
+    @_wrap_chroma("write synthetic task vectors")
+    def add_task_vectors(self, rep: str, tasks: Sequence[str], vectors: np.ndarray,
+                         domains: Sequence[str | None] | None = None) -> None:
+        """Write precomputed task vectors directly (benchmarks with synthetic tasks at scale)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if len(tasks) != len(vectors):
+            raise InvalidInputError("one vector per task is needed")
+        domains = list(domains) if domains is not None else [None] * len(tasks)
+        col = self._task_cols[self._rep(rep).name]
+        for s in range(0, len(tasks), _BATCH):
+            sl = slice(s, s + _BATCH)
+            col.upsert(ids=[f"{t}/0" for t in tasks[sl]], embeddings=vectors[sl],
+                       metadatas=[{"task": t, "domain": d or "", "prototype": 0} for t, d in zip(tasks[sl], domains[sl])])
+        self._write_registry([TaskRecord(task=t, domain=d, size=0) for t, d in zip(tasks, domains)])
