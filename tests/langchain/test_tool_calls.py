@@ -178,3 +178,21 @@ def test_parse_json_says_when_there_is_no_json():
 
     with pytest.raises(ValueError):
         parse_json("no json here")
+
+
+def test_a_call_prefix_completed_by_the_model_parses_as_the_call():
+    from lorauter_integrations.tool_calls import render_call_prefix
+
+    prefix = render_call_prefix(ADD)
+    assert prefix == '<tool_call>\n{"name": "add", "arguments": {"a": '
+    parsed = parse_tool_calls(prefix + '1, "b": 2}}', NAMES, default_tool="add")
+    assert parsed.tool_calls[0]["args"] == {"a": 1, "b": 2}
+    assert render_call_prefix({"name": "now"}).endswith('"arguments": {')
+    assert render_call_prefix() == '<tool_call>\n{"name": "'
+
+
+def test_a_json_prefix_starts_at_the_first_property():
+    from lorauter_integrations.tool_calls import render_json_prefix
+
+    assert render_json_prefix({"properties": {"name": {}, "age": {}}}) == '{"name": '
+    assert render_json_prefix(None) == "{"
