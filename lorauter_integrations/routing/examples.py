@@ -8,11 +8,13 @@ set of tasks whose mass reaches ``top_p`` (nucleus), renormalise, and map tasks 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from ..store import TaskStore
 from .base import Router, Stopwatch, merge_by_adapter
 from .route import Route
+
+if TYPE_CHECKING:
+    from ..store import TaskStore
 
 
 def nucleus(scores: dict[str, float], top_p: float) -> list[tuple[str, float]]:

@@ -8,11 +8,13 @@ base model.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from ..store import TaskStore
 from .base import Router, Stopwatch, merge_by_adapter, softmax
 from .route import Route
+
+if TYPE_CHECKING:
+    from ..store import TaskStore
 
 
 class LoRAuterRouter(Router):

@@ -6,14 +6,16 @@ trained on; a query takes the top-k adapters by cosine similarity, each with wei
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
 from ..encoders import l2_normalise
-from ..store import TaskStore
 from .base import Router, Stopwatch
 from .route import Route
+
+if TYPE_CHECKING:
+    from ..store import TaskStore
 
 
 class RetrieverRouter(Router):

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ..errors import InvalidInputError, UnknownAdapterError
-from ..store import TaskStore
 from .base import Router, merge_by_adapter
 from .route import Route
+
+if TYPE_CHECKING:
+    from ..store import TaskStore
 
 
 def _adapters_of(store: TaskStore, task_to_adapter: Mapping[str, str] | None) -> list[str]:
