@@ -164,7 +164,12 @@ class Activation:
         self._composer = composer
         self._handles = list(handles)
         self._merged = list(merged)
+        self._on_restore: list = []
         self.restored = False
+
+    def on_restore(self, callback) -> None:
+        """Call ``callback()`` once the model is restored (e.g. to release a lock)."""
+        self._on_restore.append(callback)
 
     def restore(self) -> None:
         """Remove hooks; copy back the saved base weights of merged modules (bit-identical)."""
@@ -179,6 +184,8 @@ class Activation:
         self._merged.clear()
         self.restored = True
         self._composer._release(self)
+        for callback in self._on_restore:
+            callback()
 
     def __enter__(self) -> "Activation":
         return self

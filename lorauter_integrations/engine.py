@@ -27,7 +27,7 @@ from typing import Any, Collection, Iterator, Literal, Sequence, Union
 import torch
 from pydantic import BaseModel
 
-from .compose import Composer, Composition, CompositionConfig
+from .compose import Activation, Composer, Composition, CompositionConfig
 from .errors import InvalidInputError
 from .models import DEMO_MODEL, LoadedModel, cache_dir, load_base_model
 from .pool import AdapterPool
@@ -202,7 +202,40 @@ class RoutedModel:
 
         return override_route(adapters, weights, known_adapters=self.pool.ids)
 
+    def route_many(self, texts: Sequence[str], *, strategy: str | None = None) -> list[Route]:
+        """Route several texts at once (one batched encode and store query when the router can)."""
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise InvalidInputError("cannot route an empty prompt: give some text")
+        router = self._router(strategy or self.strategy)
+        if hasattr(router, "route_many"):
+            return list(router.route_many(list(texts)))
+        return [router.route(t) for t in texts]
+
+    def activate(self, route: Route | None, *, merge: bool | None = None) -> Activation:
+        """Apply ``route``'s composition to ``self.model`` until ``restore()`` (or the ``with`` ends).
+
+        For code that runs the model itself, e.g. a stock ``transformers`` pipeline. The engine
+        is locked meanwhile (other callers wait), so restore from the same thread, always::
+
+            with engine.activate(engine.route(text)):
+                pipe(text)
+        """
+        self._lock.acquire()
+        try:
+            composition = None if route is None else self.composer.composition(route)
+            activation = self.composer.activate(composition, merge=self.merge if merge is None else merge)
+        except BaseException:
+            self._lock.release()
+            raise
+        activation.on_restore(self._lock.release)
+        return activation
+
     def _router(self, strategy: str):
+        with self._lock:
+            return self._router_locked(strategy)
+
+    def _router_locked(self, strategy: str):
         router = self._routers.get(strategy)
         if router is None:
             from .routing import build_router
@@ -222,9 +255,9 @@ class RoutedModel:
         prompts: Sequence[PromptLike],
         routes: Sequence[Route | None] | None = None,
         *,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
+        max_new_tokens: int | None = 256,
+        temperature: float | None = 0.0,
+        top_p: float | None = 1.0,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
     ) -> list[Generation]:
@@ -239,10 +272,15 @@ class RoutedModel:
         prompts = list(prompts)
         if routes is not None and len(routes) != len(prompts):
             raise InvalidInputError(f"{len(prompts)} prompts but {len(routes)} routes")
-        self._check_params(max_new_tokens, temperature, top_p, stop)
-        requests = [
-            self._prepare(p, None if routes is None else routes[i], max_new_tokens) for i, p in enumerate(prompts)
-        ]
+        max_new_tokens, temperature, top_p = self._check_params(max_new_tokens, temperature, top_p, stop)
+        routes = list(routes) if routes is not None else [None] * len(prompts)
+        todo = [i for i, r in enumerate(routes) if r is None]
+        if todo:
+            for p in prompts:
+                self._render(p)  # refuse a malformed prompt before spending time on routing
+            for i, r in zip(todo, self.route_many([self.routing_text(prompts[i]) for i in todo])):
+                routes[i] = r
+        requests = [self._prepare(p, routes[i], max_new_tokens) for i, p in enumerate(prompts)]
         order = sorted(range(len(requests)), key=lambda i: len(requests[i].ids))
         results: list[Generation | None] = [None] * len(requests)
         generator = self._generator(seed)
@@ -267,15 +305,15 @@ class RoutedModel:
         prompt: PromptLike,
         route: Route | None = None,
         *,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
+        max_new_tokens: int | None = 256,
+        temperature: float | None = 0.0,
+        top_p: float | None = 1.0,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
     ) -> Iterator[StreamChunk]:
         """Yield the text of ``prompt`` as it is decoded; the route is decided before the first
         chunk. Chunks join to exactly what `generate` returns; the last one carries usage."""
-        self._check_params(max_new_tokens, temperature, top_p, stop)
+        max_new_tokens, temperature, top_p = self._check_params(max_new_tokens, temperature, top_p, stop)
         request = self._prepare(prompt, route, max_new_tokens)
         return self._stream(request, max_new_tokens, temperature, top_p, stop or (), self._generator(seed))
 
@@ -298,8 +336,12 @@ class RoutedModel:
 
     # ------------------------------------------------------------------ internals
     @staticmethod
-    def _check_params(max_new_tokens, temperature, top_p, stop) -> None:
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    def _check_params(max_new_tokens, temperature, top_p, stop) -> tuple[int, float, float]:
+        # None means "the default": framework layers pass their unset options through as None.
+        max_new_tokens = 256 if max_new_tokens is None else max_new_tokens
+        temperature = 0.0 if temperature is None else float(temperature)
+        top_p = 1.0 if top_p is None else float(top_p)
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise InvalidInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if temperature < 0:
             raise InvalidInputError(f"temperature must be >= 0, got {temperature}")
@@ -307,6 +349,7 @@ class RoutedModel:
             raise InvalidInputError(f"top_p must be in (0, 1], got {top_p}")
         if isinstance(stop, str) or any(not isinstance(s, str) or not s for s in stop or ()):
             raise InvalidInputError("stop must be a list of non-empty strings")
+        return max_new_tokens, temperature, top_p
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         if seed is None:

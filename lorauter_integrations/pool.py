@@ -39,7 +39,10 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _KEY_RE = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<side>[AB])(?:\.[^.]+)?\.weight$")
 # Config switches that change the LoRA forward beyond W x + s * B A x: we refuse rather than
 # silently compute something else.
-_UNSUPPORTED_FLAGS = ("use_dora", "lora_bias")
+_UNSUPPORTED_FLAGS = (
+    "use_dora", "lora_bias", "alora_invocation_tokens", "target_parameters", "trainable_token_indices",
+    "layer_replication",
+)
 
 
 class AdapterRecord(BaseModel):

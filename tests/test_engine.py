@@ -203,3 +203,25 @@ def test_demo_engine_generates_with_its_real_pool():
     assert g.text.strip() and g.completion_tokens <= 8
     chunks = list(engine.stream(query, max_new_tokens=8))
     assert "".join(c.text for c in chunks) == g.text
+
+
+def test_activate_applies_a_route_to_the_raw_model_until_restored(engine):
+    ids = torch.arange(10)[None]
+    with torch.no_grad():
+        base = engine.model(input_ids=ids).logits
+        with engine.activate(ROUTES[1]):
+            routed = engine.model(input_ids=ids).logits
+            blocked = threading.Thread(target=engine.generate, args=([PROMPTS[0]], [ROUTES[0]]),
+                                       kwargs={"max_new_tokens": 2})
+            blocked.start()
+            blocked.join(timeout=0.5)
+            assert blocked.is_alive()  # other callers wait while the model carries this route
+        blocked.join(timeout=60)
+        assert not blocked.is_alive()
+        assert torch.equal(engine.model(input_ids=ids).logits, base)
+    assert (routed - base).abs().max() > 1e-3
+
+
+def test_none_generation_options_mean_defaults(engine):
+    [g] = engine.generate([PROMPTS[0]], [ROUTES[0]], max_new_tokens=3, temperature=None, top_p=None)
+    assert g.completion_tokens <= 3
