@@ -1,0 +1,88 @@
+"""Routing input selection and the per-request routing context (no model needed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
+from llama_index.core.prompts.chat_prompts import CHAT_TEXT_QA_PROMPT
+
+from lorauter_integrations.llama_index import collect_routes, route_on
+from lorauter_integrations.llama_index.context import current_routing_text, record_route, select_routing_text
+from lorauter_integrations.llama_index.llms import _to_engine_message, _with_tools_prompt
+from lorauter_integrations.routing.route import Route
+
+QUESTION = "Is this review positive or negative? 'The plot drags and the jokes fall flat.'"
+RAG = CHAT_TEXT_QA_PROMPT.format_messages(
+    context_str="sqlite3.connect(database) opens a connection to an SQLite database file.", query_str=QUESTION
+)
+
+
+def _route(task: str) -> Route:
+    return Route(strategy="oracle", tasks=[task], similarities=[1.0], adapters=[task], weights=[1.0])
+
+
+def test_question_mode_routes_on_the_query_engine_question_not_on_the_rag_prompt():
+    assert select_routing_text(RAG, "question", QUESTION) == (QUESTION, "question")
+
+
+def test_last_user_mode_routes_on_the_synthesised_message_with_its_context():
+    text, source = select_routing_text(RAG, "last_user", QUESTION)
+    assert source == "last_user" and "sqlite3.connect" in text and QUESTION in text
+
+
+def test_prompt_mode_routes_on_every_message():
+    text, source = select_routing_text(RAG, "prompt", QUESTION)
+    assert source == "prompt" and text.startswith(RAG[0].content) and text.endswith(RAG[-1].content)
+
+
+def test_question_mode_without_a_question_skips_react_observations():
+    chat = [
+        ChatMessage(role=MessageRole.SYSTEM, content="You are a ReAct agent."),
+        ChatMessage(role=MessageRole.USER, content="Translate 'good night' into French."),
+        ChatMessage(role=MessageRole.ASSISTANT, content="Thought: I need a tool.\nAction: translate"),
+        ChatMessage(role=MessageRole.USER, content="Observation: bonne nuit"),
+    ]
+    assert select_routing_text(chat, "question") == ("Translate 'good night' into French.", "last_user")
+    assert select_routing_text(chat, "last_user") == ("Observation: bonne nuit", "last_user")
+
+
+def test_route_on_sets_the_text_for_the_block_only_and_nests():
+    assert current_routing_text() is None
+    with route_on("outer"):
+        with route_on("inner"):
+            assert current_routing_text() == "inner"
+        with route_on(None):  # no question found: the enclosing one stays
+            assert current_routing_text() == "outer"
+    assert current_routing_text() is None
+
+
+async def test_routes_recorded_in_worker_threads_reach_the_enclosing_collectors():
+    with collect_routes() as outer:
+        with collect_routes() as inner:
+            await asyncio.to_thread(record_route, _route("sst2"))
+        record_route(_route("wmt16_tr_en"))
+    record_route(_route("ignored"))  # outside any block: nobody collects it
+    assert [r.tasks[0] for r in inner] == ["sst2"]
+    assert [r.tasks[0] for r in outer] == ["sst2", "wmt16_tr_en"]
+
+
+def test_tool_traffic_in_the_history_is_rendered_as_text_for_the_chat_template():
+    call = ChatMessage(
+        role=MessageRole.ASSISTANT,
+        blocks=[ToolCallBlock(tool_call_id="c1", tool_name="multiply", tool_kwargs={"a": 6, "b": 7})],
+    )
+    result = ChatMessage(role=MessageRole.TOOL, content="42", additional_kwargs={"tool_call_id": "c1", "name": "multiply"})
+    rendered_call = _to_engine_message(call)
+    assert rendered_call["role"] == "assistant"
+    assert '"name": "multiply"' in rendered_call["content"] and "<tool_call>" in rendered_call["content"]
+    assert _to_engine_message(result) == {
+        "role": "tool", "content": '<tool_response name="multiply">\n42\n</tool_response>'
+    }
+
+
+def test_tool_descriptions_join_the_existing_system_message():
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    out = _with_tools_prompt(chat, "TOOLS")
+    assert out == [{"role": "system", "content": "Be brief.\n\nTOOLS"}, {"role": "user", "content": "hi"}]
+    assert _with_tools_prompt(chat[1:], "TOOLS")[0] == {"role": "system", "content": "TOOLS"}
