@@ -1,0 +1,187 @@
+"""`LoRAuterLLM`: the completion-style twin of `ChatLoRAuter` (text in, text out)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import LLM
+from langchain_core.language_models.llms import LangSmithParams
+from langchain_core.outputs import Generation, GenerationChunk, LLMResult
+from langchain_core.runnables.config import run_in_executor
+from pydantic import ConfigDict, Field, model_validator
+
+from ..engine import RoutedModel
+from .overrides import METADATA_KEY, override_from_metadata, resolve_route
+from .streaming import iterate_in_thread
+
+
+class LoRAuterLLM(LLM):
+    """Completion model over a `RoutedModel`: each prompt is routed on its text, then generated.
+
+    Each generation's route is in ``generation_info["lorauter"]``; ``llm_output["lorauter"]``
+    holds the route (one prompt) or the list of routes (several). ``batch``/``abatch`` and
+    ``generate`` over many prompts make ONE engine call. Per-call overrides come from
+    ``config={"metadata": {"lorauter": {...}}}`` (see `RoutingOverride`); LangChain hands the
+    model the first run's metadata for a whole batch, so in a batch the override of the first
+    config applies to every prompt.
+
+    Example:
+        .. code-block:: python
+
+            llm = LoRAuterLLM(engine=RoutedModel.demo(), max_tokens=16)
+            llm.invoke("Is this review positive or negative? 'A joyless, plodding film.'")
+
+    The engine applies the model's chat template to a plain prompt by default (instruct models
+    answer far better); build the engine with ``chat_template=False`` for raw completion.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    engine: RoutedModel = Field(exclude=True, repr=False)
+    """The routed local model."""
+    model_name: str | None = Field(default=None, alias="model")
+    """Name shown in metadata and traces (default: the engine's base model id)."""
+    max_tokens: int = 256
+    """Maximum number of tokens to generate."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 is greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (with temperature > 0)."""
+    seed: int | None = None
+    """Sampling seed."""
+    stop: list[str] | None = None
+    """Stop sequences applied to every call."""
+    strategy: str | None = None
+    """Routing strategy (None: the engine's default)."""
+
+    @model_validator(mode="after")
+    def _default_model_name(self) -> "LoRAuterLLM":
+        if self.model_name is None:
+            self.model_name = str(getattr(self.engine, "model_name", "") or "lorauter")
+        return self
+
+    @property
+    def _llm_type(self) -> str:
+        return "lorauter"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "strategy": self.strategy or getattr(self.engine, "strategy", None),
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = super()._get_ls_params(stop=stop, **kwargs)
+        params["ls_provider"] = "lorauter"
+        params["ls_model_name"] = kwargs.get("model") or self.model_name
+        return params
+
+    def _generation_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        stops = list(dict.fromkeys([*(self.stop or []), *(stop or [])]))
+        return {
+            "max_new_tokens": int(kwargs.get("max_tokens", self.max_tokens)),
+            "temperature": float(kwargs.get("temperature", self.temperature)),
+            "top_p": float(kwargs.get("top_p", self.top_p)),
+            "stop": stops or None,
+            "seed": kwargs.get("seed", self.seed),
+        }
+
+    def _routes(self, prompts: list[str], run_manager) -> list:
+        override = override_from_metadata(run_manager.metadata if run_manager is not None else None)
+        return [resolve_route(self.engine, p, override, strategy=self.strategy) for p in prompts]
+
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        routes = self._routes(prompts, run_manager)
+        results = self.engine.generate(prompts, routes, **self._generation_kwargs(stop, kwargs))
+        generations = [
+            [Generation(text=r.text, generation_info={
+                METADATA_KEY: r.route.model_dump(),
+                "finish_reason": r.finish_reason,
+                "prompt_tokens": r.prompt_tokens,
+                "completion_tokens": r.completion_tokens,
+            })]
+            for r in results
+        ]
+        prompt_tokens = sum(r.prompt_tokens for r in results)
+        completion_tokens = sum(r.completion_tokens for r in results)
+        dumped = [r.route.model_dump() for r in results]
+        return LLMResult(
+            generations=generations,
+            llm_output={
+                METADATA_KEY: dumped[0] if len(dumped) == 1 else dumped,
+                "model_name": self.model_name,
+                "token_usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+        )
+
+    async def _agenerate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        # One engine call for all prompts, in a worker thread (LLM's default awaits them one by one).
+        return await run_in_executor(
+            None, self._generate, prompts, stop, run_manager.get_sync() if run_manager else None, **kwargs
+        )
+
+    def _call(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> str:
+        return self._generate([prompt], stop, run_manager, **kwargs).generations[0][0].text
+
+    def _stream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[GenerationChunk]:
+        [route] = self._routes([prompt], run_manager)
+        first = True
+        for piece in self.engine.stream(prompt, route, **self._generation_kwargs(stop, kwargs)):
+            if not piece.text and piece.finish_reason is None:
+                continue
+            info: dict[str, Any] = {}
+            if first:  # the route is decided before the first token
+                info[METADATA_KEY] = route.model_dump()
+                first = False
+            if piece.finish_reason is not None:
+                info.update(finish_reason=piece.finish_reason, prompt_tokens=piece.prompt_tokens,
+                            completion_tokens=piece.completion_tokens, model_name=self.model_name)
+            chunk = GenerationChunk(text=piece.text, generation_info=info or None)
+            if run_manager is not None:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    async def _astream(
+        self,
+        prompt: str,
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[GenerationChunk]:
+        sync_manager = run_manager.get_sync() if run_manager else None
+        async for chunk in iterate_in_thread(lambda: self._stream(prompt, stop, sync_manager, **kwargs)):
+            yield chunk

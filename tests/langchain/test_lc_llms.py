@@ -1,0 +1,57 @@
+"""LoRAuterLLM on the tiny routed engine: routed invoke, stream, batch (one engine call), async."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.prompts import PromptTemplate
+
+from lorauter_integrations.langchain import LoRAuterCallbackHandler, LoRAuterLLM
+
+from lc_support import SENTIMENT, TRANSLATION, count_engine_calls
+
+
+@pytest.fixture
+def llm(tiny_engine):
+    return LoRAuterLLM(engine=tiny_engine, max_tokens=6)
+
+
+def test_generate_attaches_each_prompts_route(llm):
+    result = llm.generate([TRANSLATION, SENTIMENT])
+    infos = [g[0].generation_info for g in result.generations]
+    assert [i["lorauter"]["tasks"][0] for i in infos] == ["task_b", "task_a"]
+    assert [r["tasks"][0] for r in result.llm_output["lorauter"]] == ["task_b", "task_a"]
+    assert result.llm_output["token_usage"]["completion_tokens"] == sum(i["completion_tokens"] for i in infos)
+
+
+def test_batch_is_one_engine_call_and_equals_prompts_run_alone(llm, tiny_engine, monkeypatch):
+    alone = [llm.invoke(TRANSLATION), llm.invoke(SENTIMENT)]
+    calls = count_engine_calls(monkeypatch, tiny_engine)
+    assert llm.batch([TRANSLATION, SENTIMENT]) == alone
+    assert calls == [2]
+
+
+def test_stream_joins_to_the_invoke_answer_and_reaches_callbacks(llm):
+    handler = LoRAuterCallbackHandler()
+    pieces = list(llm.stream(TRANSLATION, config={"callbacks": [handler]}))
+    assert "".join(pieces) == llm.invoke(TRANSLATION)
+    assert handler.records[-1].route.tasks[0] == "task_b"
+    assert handler.records[-1].output_tokens >= 1
+
+
+def test_override_applies_to_the_call(llm):
+    handler = LoRAuterCallbackHandler()
+    llm.invoke(TRANSLATION, config={"callbacks": [handler], "metadata": {"lorauter": {"adapters": ["a"]}}})
+    assert handler.records[-1].route.adapters == ["a"]
+
+
+async def test_async_batch_is_one_engine_call(llm, tiny_engine, monkeypatch):
+    calls = count_engine_calls(monkeypatch, tiny_engine)
+    out = await llm.abatch([TRANSLATION, SENTIMENT, TRANSLATION])
+    assert calls == [3]
+    assert out[0] == out[2]
+    assert [p async for p in llm.astream(TRANSLATION)]
+
+
+def test_prompt_template_chain(llm):
+    chain = PromptTemplate.from_template("Translate to French: {text}") | llm
+    assert isinstance(chain.invoke({"text": "the cat"}), str)
