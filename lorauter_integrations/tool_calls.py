@@ -48,6 +48,7 @@ __all__ = [
 _CALL_TAG = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"```(?:json|JSON|tool_call|python)?\s*\n?(.*?)(?:```|$)", re.DOTALL)
 # Keys small models use for the arguments object, in order of preference.
+_NAME_IN_TEXT = re.compile(r"""["']name["']\s*:\s*["']([^"']+)["']""")
 _ARG_KEYS = ("arguments", "args", "parameters", "tool_input", "input", "kwargs")
 _NAME_KEYS = ("name", "tool", "tool_name", "function_name")
 
@@ -189,7 +190,9 @@ def parse_tool_calls(
         blob = m.group(1)
         if not take(m.start(), m.end(), blob) and blob.strip():
             # The model announced a call but wrote something unreadable: report, don't drop.
-            invalid.append(_invalid(None, blob.strip(), "not a JSON {name, arguments} object"))
+            named = _NAME_IN_TEXT.search(blob)
+            name = default_tool or (named.group(1) if named else None)
+            invalid.append(_invalid(name, blob.strip(), "not a JSON {name, arguments} object"))
             spans.append((m.start(), m.end()))
     for m in _FENCE.finditer(text):
         if not _overlaps(m.start(), m.end(), spans):

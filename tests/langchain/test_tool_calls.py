@@ -196,3 +196,10 @@ def test_a_json_prefix_starts_at_the_first_property():
 
     assert render_json_prefix({"properties": {"name": {}, "age": {}}}) == '{"name": '
     assert render_json_prefix(None) == "{"
+
+
+def test_an_unreadable_call_keeps_the_tool_name_it_announced():
+    parsed = parse_tool_calls('<tool_call>{"name": "add", "arguments": {"a": \x01}', NAMES)
+    assert parsed.invalid_tool_calls[0]["name"] == "add"
+    forced = parse_tool_calls("<tool_call>garbage", NAMES, default_tool="get_weather")
+    assert forced.invalid_tool_calls[0]["name"] == "get_weather"
