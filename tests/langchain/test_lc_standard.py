@@ -27,7 +27,7 @@ class TestChatLoRAuterUnit(ChatModelUnitTests):
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"engine": self.engine, "max_tokens": 8}
+        return {"engine": self.engine}
 
     @property
     def has_tool_choice(self) -> bool:
