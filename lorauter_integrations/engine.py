@@ -57,6 +57,49 @@ class StreamChunk(BaseModel):
     completion_tokens: int = 0
 
 
+class _ModelLock:
+    """Who uses the model now: reentrant for its holder, yet releasable from any thread.
+
+    A stream holds the model between its steps, and async callers may resume a sync iterator on
+    whichever worker thread is free; a `threading.RLock` released there raises and stays held by
+    the first thread forever (every later request would hang).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        me = threading.get_ident()
+        with self._cond:
+            if self._depth and self._owner == me:
+                self._depth += 1
+                return True
+            if not blocking:
+                timeout = 0
+            if not self._cond.wait_for(lambda: self._depth == 0, None if timeout < 0 else timeout):
+                return False
+            self._owner, self._depth = me, 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            if not self._depth:
+                raise RuntimeError("the model lock is not held")
+            self._depth -= 1
+            if not self._depth:
+                self._owner = None
+                self._cond.notify()
+
+    def __enter__(self) -> "_ModelLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 @dataclass
 class _Request:
     ids: list[int]
@@ -162,8 +205,11 @@ class RoutedModel:
         self.store = store
         self.strategy = getattr(router, "strategy", strategy)
         self.router_config = dict(router_config or {})
-        self._routers: dict[str, Any] = {self.strategy: router} if router is not None else {}
-        self._lock = threading.RLock()
+        self._user_router = router
+        self._routers: dict[str, Any] = {}
+        self._routers_version = self.pool.version
+        self._routers_lock = threading.Lock()  # not the model lock: routing never waits for decoding
+        self._lock = _ModelLock()
         cfg = self.model.config
         self.context_window: int = int(
             getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
@@ -232,7 +278,12 @@ class RoutedModel:
         return activation
 
     def _router(self, strategy: str):
-        with self._lock:
+        if self._user_router is not None and strategy == self.strategy:
+            return self._user_router
+        with self._routers_lock:
+            if self._routers_version != self.pool.version:  # adapters changed: rebuild task maps
+                self._routers.clear()
+                self._routers_version = self.pool.version
             return self._router_locked(strategy)
 
     def _router_locked(self, strategy: str):
@@ -392,6 +443,8 @@ class RoutedModel:
         text, templated = self._render(prompt)
         if route is None:
             route = self.route(self.routing_text(prompt))
+        elif route.adapters:  # a caller-built Route gets an override's checks (ids, NaN, sum 1)
+            self.route_from_override(route.adapters, route.weights)
         ids = self.tokenizer(text, add_special_tokens=not templated)["input_ids"]
         budget = self.context_window - max_new_tokens
         if budget < 1:

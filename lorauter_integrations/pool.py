@@ -214,12 +214,18 @@ class AdapterPool:
                 raise self._unknown(adapter_id)
             del self._records[adapter_id]
             self._resident.pop(adapter_id, None)
+            self._revision += 1
 
     def __contains__(self, adapter_id: object) -> bool:
         return adapter_id in self._records
 
     def __len__(self) -> int:
         return len(self._records)
+
+    @property
+    def version(self) -> int:
+        """Changes whenever an adapter is registered or removed (to refresh derived maps)."""
+        return self._revision
 
     @property
     def ids(self) -> list[str]:

@@ -52,9 +52,9 @@ def main() -> None:
 
     from pathlib import Path
 
-    import lorauter_integrations
+    from lorauter_integrations import pool as pool_module
 
-    pool = AdapterPool.from_dir(args.pool or Path(lorauter_integrations.__file__).parent / "_adapters" / "flan")
+    pool = AdapterPool.from_dir(args.pool or Path(pool_module.__file__).parent / "_adapters" / "flan")
     engine = RoutedModel("demo", pool=pool)
     engine.eos_token_ids = frozenset()  # decode exactly --tokens tokens in every mode
     ids = pool.ids
@@ -75,11 +75,19 @@ def main() -> None:
         [g] = engine.generate([prompt], [route], max_new_tokens=n)
         assert g.completion_tokens == n
 
-    gen(base)  # warm-up
-    for name, route, merge in [("base", base, True), ("one_adapter", one, True),
-                               ("mixture_merged", mix, True), ("mixture_unmerged", mix, False)]:
+    modes = [("base", base, True), ("one_adapter", one, True),
+             ("mixture_merged", mix, True), ("mixture_unmerged", mix, False)]
+    for _, route, merge in modes:  # warm-up (and adapters loaded, compositions cached)
         gen(route, merge)
-        res[f"tok_s_{name}"] = n / _median_time(lambda: gen(route, merge), args.repeats)
+    # Round-robin over the modes, so that load changes on a shared machine hit every mode alike.
+    times: dict[str, list[float]] = {name: [] for name, _, _ in modes}
+    for _ in range(args.repeats):
+        for name, route, merge in modes:
+            t0 = time.perf_counter()
+            gen(route, merge)
+            times[name].append(time.perf_counter() - t0)
+    for name, _, _ in modes:
+        res[f"tok_s_{name}"] = n / statistics.median(times[name])
         log(f"{name:>18}: {res[f'tok_s_{name}']:.2f} tok/s")
     engine.merge = True
     res["merged_vs_base"] = res["tok_s_mixture_merged"] / res["tok_s_base"]
@@ -155,8 +163,11 @@ def main() -> None:
         return [engine.generate([p], [r], max_new_tokens=n)[0] for p, r in zip(prompts, routes)]
 
     same = [g.text for g in batched()] == [g.text for g in sequential()]
-    t_batch = _median_time(batched, max(1, args.repeats - 1))
-    t_seq = _median_time(sequential, max(1, args.repeats - 1))
+    t_b, t_s = [], []
+    for _ in range(max(1, args.repeats - 1)):
+        t_b.append(_median_time(batched, 1))
+        t_s.append(_median_time(sequential, 1))
+    t_batch, t_seq = statistics.median(t_b), statistics.median(t_s)
     res["mixed_batch_s"] = t_batch
     res["sequential_s"] = t_seq
     res["mixed_batch_speedup"] = t_seq / t_batch

@@ -194,7 +194,7 @@ def test_abandoned_stream_restores_the_model(engine):
 @pytest.mark.slow
 def test_demo_engine_generates_with_its_real_pool():
     engine = RoutedModel.demo()
-    assert len(engine.pool) >= 12
+    assert engine.pool.ids and set(engine.pool.task_to_adapter.values()) <= set(engine.pool.ids)
     query = "Review: the plot was dull and the acting wooden. Is this movie review positive or negative?"
     route = engine.route(query)
     assert route.adapters and abs(sum(route.weights) - 1) < 1e-6
