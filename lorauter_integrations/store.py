@@ -16,7 +16,9 @@ leaves the store queryable and a re-run finishes the job (content hashes make re
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import threading
 from dataclasses import dataclass, field
@@ -31,7 +33,9 @@ from tqdm.auto import tqdm
 from .data import TaskSet, load_tasks
 from .encoders import DEFAULT_ENCODER, Encoder, get_encoder
 from .errors import EncoderMismatchError, InvalidInputError, StoreError, UnknownTaskError
-from .representations import REPRESENTATIONS, TaskRepresentation, make_representation
+from .representations import (
+    REPRESENTATIONS, TaskRepresentation, make_representation, representation_from_state, task_scores,
+)
 
 DEFAULT_STORE_NAME = "lorauter"
 _STATE_PREFIX = "state:"
@@ -68,6 +72,22 @@ def _content_hash(ts: TaskSet) -> str:
     for ex in ts.examples:
         h.update(json.dumps([ex.inputs, ex.targets], ensure_ascii=False).encode())
     return h.hexdigest()[:16]
+
+
+def _encode_state(state: dict[str, np.ndarray]) -> str:
+    """A representation's numpy state as text (base64 of a compressed npz, no pickles): it
+    lives in a Chroma document, so every process sharing a Chroma server sees the same state."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **state)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _decode_state(doc: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(base64.b64decode(doc)), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError) as exc:
+        raise StoreError(f"the store's representation state is unreadable ({exc}); re-index the store") from exc
 
 
 def _wrap_chroma(action: str):
@@ -178,7 +198,7 @@ class TaskStore:
         got = self._meta.get(ids=ids, include=["documents"])
         for rid, doc in zip(got["ids"], got["documents"] or []):
             if doc:
-                self.representations[rid[len(_STATE_PREFIX):]].load_state_dict(json.loads(doc))
+                self.representations[rid[len(_STATE_PREFIX):]] = representation_from_state(_decode_state(doc))
 
     # -- reading ----------------------------------------------------------------------------
     @_wrap_chroma("read the task registry")
@@ -240,9 +260,12 @@ class TaskStore:
 
     def featurize(self, rep: str, texts: Sequence[str], dense: np.ndarray | None = None) -> np.ndarray:
         """Query vectors of representation ``rep`` (encodes ``texts`` unless ``dense`` is given)."""
+        representation = self._rep(rep)
+        if getattr(representation, "fitted", True) is False:
+            raise StoreError("the task store is empty: run `lorauter index --validation FILE` first")
         if dense is None:
             dense = self.encode(texts)
-        return self._rep(rep).featurize(list(texts), dense)
+        return representation.featurize(list(texts), dense)
 
     def _rep(self, rep: str) -> TaskRepresentation:
         try:
@@ -266,22 +289,15 @@ class TaskStore:
         total = col.count()
         if total == 0:
             raise StoreError("the task store is empty: run `lorauter index --validation FILE` first")
-        per_task = max(1, self._rep(rep).prototypes_per_task)
+        per_task = max(1, getattr(self._rep(rep), "prototypes_per_task", 1))
         n = min(total, k * per_task + per_task)
         where = {"task": {"$nin": list(exclude)}} if exclude else None
         res = col.query(query_embeddings=np.asarray(vectors, dtype=np.float32), n_results=n,
                         where=where, include=["distances", "metadatas"])
-        out = []
-        for dists, mds in zip(res["distances"], res["metadatas"]):
-            best: dict[str, float] = {}
-            for d, md in zip(dists, mds):
-                sim = 1.0 - float(d)
-                t = md["task"]
-                if sim > best.get(t, -np.inf):
-                    best[t] = sim
-            ranked = sorted(best.items(), key=lambda x: (-x[1], x[0]))[:k]
-            out.append(ranked)
-        return out
+        return [
+            list(task_scores(1.0 - np.asarray(dists), [md["task"] for md in mds]).items())[:k]
+            for dists, mds in zip(res["distances"], res["metadatas"])
+        ]
 
     @_wrap_chroma("query example vectors")
     def nearest_examples(
@@ -372,9 +388,10 @@ class TaskStore:
         texts = [got["documents"][i] for i in order]
         mds = [got["metadatas"][i] for i in order]
         task_of = [m["task"] for m in mds]
-        domain_of = {m["task"]: m.get("domain", "") for m in mds}
+        domains = [m.get("domain") or None for m in mds]
+        domain_of = dict(zip(task_of, domains))
         for rep_name, rep in self.representations.items():
-            rep.fit(texts, dense, task_of)
+            rep.fit(texts, dense, task_of, domains)
             feats = rep.featurize(texts, dense)
             ids, vecs, metas = [], [], []
             idx_by_task: dict[str, list[int]] = {}
@@ -385,7 +402,7 @@ class TaskStore:
                 for j, v in enumerate(protos):
                     ids.append(f"{t}/{j}")
                     vecs.append(v)
-                    metas.append({"task": t, "domain": domain_of[t], "prototype": j})
+                    metas.append({"task": t, "domain": domain_of[t] or "", "prototype": j})
             col = self._task_cols[rep_name]
             existing = set(col.get(include=[])["ids"])
             stale = sorted(existing - set(ids))
@@ -395,7 +412,7 @@ class TaskStore:
             for s in range(0, len(ids), _BATCH):
                 col.upsert(ids=ids[s:s + _BATCH], embeddings=vecs_arr[s:s + _BATCH], metadatas=metas[s:s + _BATCH])
             self._meta.upsert(ids=[_STATE_PREFIX + rep_name], embeddings=np.ones((1, 1), dtype=np.float32),
-                              documents=[json.dumps(rep.state_dict())], metadatas=[{"kind": "state"}])
+                              documents=[_encode_state(rep.state_dict())], metadatas=[{"kind": "state"}])
 
     @_wrap_chroma("remove a task")
     def remove(self, task: str) -> None:
