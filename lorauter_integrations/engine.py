@@ -1,9 +1,10 @@
 """`RoutedModel`: a local causal LM whose every request runs with the adapters its route picks.
 
 >>> engine = RoutedModel.demo()
->>> [g] = engine.generate(["Is this review positive? 'A joyless, plodding film.'"], max_new_tokens=8)
->>> g.text, g.route.adapters
-('No', ['sst2', ...])
+>>> [g] = engine.generate(["Review: the plot was dull and the acting wooden. Positive or negative?"],
+...                       max_new_tokens=8)
+>>> g.text, g.route.adapters, g.finish_reason
+('negative', ['sst2'], 'stop')
 
 A request is routed on its text (a chat: its last user message), its route is turned into a
 composition (`compose.Composer`, cached), and the model decodes with it:

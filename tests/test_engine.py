@@ -225,3 +225,28 @@ def test_activate_applies_a_route_to_the_raw_model_until_restored(engine):
 def test_none_generation_options_mean_defaults(engine):
     [g] = engine.generate([PROMPTS[0]], [ROUTES[0]], max_new_tokens=3, temperature=None, top_p=None)
     assert g.completion_tokens <= 3
+
+
+def test_a_stream_resumed_on_other_live_threads_releases_the_engine(engine):
+    expected = engine.generate([PROMPTS[1]], [ROUTES[1]], max_new_tokens=6)[0].text
+    stream = engine.stream(PROMPTS[1], ROUTES[1], max_new_tokens=6)
+    keep_alive = threading.Event()  # live threads never share an ident, so a stale owner shows
+    pieces, threads = [], []
+    while True:
+        box: list = []
+
+        def step():
+            box.append(next(stream, None))
+            keep_alive.wait()
+
+        threads.append(threading.Thread(target=step, daemon=True))
+        threads[-1].start()
+        while not box:
+            threads[-1].join(timeout=0.01)
+        if box[0] is None:
+            break
+        pieces.append(box[0].text)
+    keep_alive.set()
+    assert "".join(pieces) == expected
+    assert not engine.composer.active
+    assert engine.generate([PROMPTS[0]], [ROUTES[0]], max_new_tokens=2)  # the lock was released
