@@ -1,0 +1,473 @@
+"""Task representations: how validation examples become the vectors stored per task.
+
+A *representation* turns texts (plus their dense sentence embeddings, computed once by the
+encoder) into unit feature rows, and a task's featurised examples into one or a few task
+vectors ("prototypes"). A query is featurised the same way; its score for a task is the
+cosine to that task's prototypes (`task_scores`). Everything a representation learns from the
+indexed validation data is a small state (`state_dict`) that the store persists beside its
+collections, so that queries are featurised exactly as the tasks were.
+
+Two representations:
+
+- `PaperRepresentation` -- LoRAuter (arXiv 2601.21795): mean of the L2-normalised dense
+  embeddings of a task's validation inputs, renormalised. Stateless.
+- `HybridRepresentation` (the default) -- dense + lexical. Flan-style tasks are written with
+  a handful of templates each, so the words and character n-grams of the instructions
+  ("Translate to German", "OPTIONS:", "Premise: ... Hypothesis:") identify a task far better
+  than a sentence embedding dominated by the content. Each text gets
+
+      f(x) = [ sqrt(a) * dense(x) ,  sqrt((1-a)/2) * word(x) ,  sqrt((1-a)/2) * char(x) ]
+
+  where ``word``/``char`` are unit tf-idf vectors of word 1-2-grams and within-word character
+  1-4-grams (sublinear tf; IDF over *tasks*, so that a template shared by all the examples of
+  one task counts as one occurrence, and words used by every task weigh little), hashed and
+  projected to a fixed size so that they fit a Chroma collection. ``f`` is a unit row and the
+  cosine of two rows is ``a*cos_dense + (1-a)/2*(cos_word + cos_char)``. A task's prototype
+  is the mean of its examples' rows, renormalised (as in the paper, in the joint space).
+
+Example::
+
+    rep = HybridRepresentation()
+    rep.fit(texts, dense, tasks)                     # the indexed validation examples
+    protos = {t: rep.task_vectors(rep.featurize(tx, d)) for t, (tx, d) in by_task.items()}
+    q = rep.featurize([query], encoder.encode([query]))
+    # store `protos` in Chroma (cosine space) and `rep.state_dict()` beside it
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import InvalidInputError, StoreError
+
+__all__ = [
+    "TaskRepresentation",
+    "PaperRepresentation",
+    "HybridConfig",
+    "HybridRepresentation",
+    "DEFAULT_REPRESENTATION",
+    "REPRESENTATIONS",
+    "make_representation",
+    "representation_from_state",
+    "save_state",
+    "within_group_whitening",
+    "task_scores",
+    "unit_rows",
+]
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (all-zero rows stay zero), as float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+@runtime_checkable
+class TaskRepresentation(Protocol):
+    """How texts become feature rows and a task's rows become its stored vectors."""
+
+    name: str
+
+    @property
+    def dim(self) -> int:
+        """Width of the feature rows (the Chroma collection's dimension)."""
+        ...
+
+    def fit(
+        self,
+        example_texts: Sequence[str],
+        example_dense: np.ndarray,
+        example_tasks: Sequence[str],
+        example_domains: Sequence[str | None] | None = None,
+    ) -> "TaskRepresentation":
+        """Learn the state from the indexed validation examples; return ``self``."""
+        ...
+
+    def featurize(self, texts: Sequence[str], dense: np.ndarray) -> np.ndarray:
+        """``(n, dim)`` unit rows for texts (queries and examples alike) and their dense vectors."""
+        ...
+
+    def task_vectors(self, features: np.ndarray) -> np.ndarray:
+        """``(m, dim)`` unit prototypes of one task from its examples' feature rows."""
+        ...
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Everything needed to featurise a query later, as numpy arrays (``np.savez``-ready)."""
+        ...
+
+
+def _check_dense(texts: Sequence[str], dense: np.ndarray) -> np.ndarray:
+    if isinstance(texts, str):
+        raise InvalidInputError("pass a list of texts, not one string")
+    dense = np.asarray(dense, dtype=np.float32)
+    if dense.ndim != 2 or dense.shape[0] != len(texts):
+        raise InvalidInputError(
+            f"dense must be a (len(texts), dim) array; got shape {dense.shape} for {len(texts)} texts"
+        )
+    return dense
+
+
+def _mean_prototype(features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or features.shape[0] == 0:
+        raise InvalidInputError("a task needs at least one example to build its vector")
+    return unit_rows(unit_rows(features).mean(axis=0, keepdims=True))
+
+
+class PaperRepresentation:
+    """LoRAuter's task representation: mean of unit dense embeddings, renormalised.
+
+    Features are the (renormalised) dense embeddings themselves; nothing is learned.
+    """
+
+    name = "paper"
+
+    def __init__(self, dense_dim: int | None = None):
+        self._dense_dim = dense_dim
+
+    @property
+    def dim(self) -> int:
+        if self._dense_dim is None:
+            raise StoreError("the representation's dimension is known once it has seen dense vectors")
+        return self._dense_dim
+
+    def fit(self, example_texts, example_dense, example_tasks, example_domains=None) -> "PaperRepresentation":
+        self._dense_dim = _check_dense(example_texts, example_dense).shape[1]
+        return self
+
+    def featurize(self, texts: Sequence[str], dense: np.ndarray) -> np.ndarray:
+        dense = _check_dense(texts, dense)
+        self._dense_dim = dense.shape[1]
+        return unit_rows(dense)
+
+    def task_vectors(self, features: np.ndarray) -> np.ndarray:
+        return _mean_prototype(features)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"meta": _meta({"name": self.name, "dense_dim": self._dense_dim})}
+
+
+class HybridConfig(BaseModel):
+    """Knobs of `HybridRepresentation` (defaults chosen by cross-validation on the validation set)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dense_weight: float = Field(
+        default=0.2, ge=0.0, le=1.0,
+        description="Share `a` of the dense cosine in the score; the lexical blocks share 1-a.",
+    )
+    word_ngrams: tuple[int, int] = Field(default=(1, 2), description="Word n-gram range.")
+    char_ngrams: tuple[int, int] = Field(
+        default=(1, 4), description="Character n-gram range, inside word boundaries."
+    )
+    hash_bits: int = Field(
+        default=14, ge=10, le=24,
+        description="log2 of the hashed vocabulary per lexical block (resolution of the IDF table).",
+    )
+    lexical_dim: int = Field(
+        default=2048, ge=16,
+        description="Width of each lexical block after the signed projection (stored width).",
+    )
+    seed: int = Field(default=0, description="Seed of the signed hashing projection.")
+    whitening_shrinkage: float | None = Field(
+        default=0.1, gt=0.0,
+        description="Ridge (times the mean eigenvalue) of the within-domain whitening of the "
+        "dense block; None turns the whitening off.",
+    )
+
+
+class HybridRepresentation:
+    """Dense sentence embedding + hashed tf-idf word/char n-grams (the default representation).
+
+    State learned by `fit` from the indexed validation examples:
+
+    - ``task_df``: ``(2, 2**hash_bits)`` int32, per lexical block (word, char) and hashed
+      n-gram bucket, the number of tasks whose examples contain it; with ``n_tasks`` it gives
+      the IDF ``log((1 + n_tasks) / (1 + df)) + 1``.
+    - ``whitening``: ``(dense_dim, dense_dim)`` float32, the inverse square root of the
+      within-domain covariance of the unit dense vectors (ridge-regularised). It shrinks the
+      directions in which examples of one domain vary (mostly their content) and so stretches
+      those that separate domains. Examples without a domain count as a domain of their own
+      task (then it is within-task whitening).
+
+    Rows have width ``dense_dim + 2 * lexical_dim``.
+    """
+
+    name = "hybrid"
+
+    def __init__(self, config: HybridConfig | None = None, **overrides: Any):
+        base = config or HybridConfig()
+        # Validate overrides (a plain model_copy(update=...) would skip validation).
+        self.config = HybridConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
+        self._dense_dim: int | None = None
+        self._n_tasks = 0
+        self._df: np.ndarray | None = None
+        self._whitening: np.ndarray | None = None
+        self._vectorizers = self._make_vectorizers()
+        self._projection = self._make_projection()
+
+    # -- construction -------------------------------------------------------------------------
+    def _make_vectorizers(self):
+        # sklearn's HashingVectorizer: stateless, deterministic (murmurhash3), well tested.
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        c = self.config
+        common = dict(n_features=2**c.hash_bits, alternate_sign=False, norm=None, lowercase=True, dtype=np.float32)
+        return (
+            HashingVectorizer(analyzer="word", ngram_range=tuple(c.word_ngrams), **common),
+            HashingVectorizer(analyzer="char_wb", ngram_range=tuple(c.char_ngrams), **common),
+        )
+
+    def _make_projection(self):
+        """Sparse ``(2**hash_bits, lexical_dim)`` matrix with one +-1 per row (a count sketch).
+
+        Signed hashing keeps inner products unbiased, so cosines in the projected space are
+        the tf-idf cosines plus small zero-mean noise. Built from murmurhash so it is identical
+        across processes and library versions (no RNG stream to depend on).
+        """
+        import scipy.sparse as sp
+        from sklearn.utils import murmurhash3_32
+
+        c = self.config
+        buckets = np.arange(2**c.hash_bits, dtype=np.int32)
+        target = murmurhash3_32(buckets, seed=c.seed, positive=True) % c.lexical_dim
+        sign = np.where(murmurhash3_32(buckets, seed=c.seed + 1, positive=True) % 2 == 0, 1.0, -1.0)
+        return sp.csr_matrix(
+            (sign.astype(np.float32), (buckets, target.astype(np.int64))),
+            shape=(2**c.hash_bits, c.lexical_dim),
+        )
+
+    @property
+    def dim(self) -> int:
+        self._require_fitted()
+        return self._dense_dim + 2 * self.config.lexical_dim
+
+    @property
+    def fitted(self) -> bool:
+        return self._df is not None
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise StoreError("HybridRepresentation is not fitted; call fit() or load its state first")
+
+    # -- learning -------------------------------------------------------------------------------
+    def _counts(self, texts: Sequence[str]):
+        """Per block, sparse sublinear term frequencies ``1 + log(tf)``."""
+        out = []
+        for vec in self._vectorizers:
+            m = vec.transform(list(texts)).tocsr()
+            m.data = 1.0 + np.log(m.data)
+            out.append(m)
+        return out
+
+    def fit(
+        self,
+        example_texts: Sequence[str],
+        example_dense: np.ndarray,
+        example_tasks: Sequence[str],
+        example_domains: Sequence[str | None] | None = None,
+    ) -> "HybridRepresentation":
+        """Learn the task document frequencies and the within-domain whitening."""
+        import scipy.sparse as sp
+
+        dense = _check_dense(example_texts, example_dense)
+        if len(example_tasks) != len(example_texts):
+            raise InvalidInputError("example_tasks must have one task id per example text")
+        if example_domains is not None and len(example_domains) != len(example_texts):
+            raise InvalidInputError("example_domains must have one domain (or None) per example text")
+        if not example_texts:
+            raise InvalidInputError("cannot fit a representation on zero examples")
+        task_ids = {t: i for i, t in enumerate(dict.fromkeys(example_tasks))}
+        rows = np.array([task_ids[t] for t in example_tasks])
+        # (tasks x examples) membership times (examples x buckets) presence -> tasks x buckets
+        member = sp.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, np.arange(len(rows)))), shape=(len(task_ids), len(rows))
+        )
+        df = []
+        for m in self._counts(example_texts):
+            present = (m > 0).astype(np.float32)
+            df.append(np.asarray(((member @ present) > 0).sum(axis=0)).ravel().astype(np.int32))
+        self._df = np.stack(df)
+        self._n_tasks = len(task_ids)
+        self._dense_dim = dense.shape[1]
+        self._whitening = None
+        if self.config.whitening_shrinkage is not None:
+            domains = example_domains if example_domains is not None else [None] * len(example_tasks)
+            groups = [f"domain:{d}" if d is not None else f"task:{t}" for d, t in zip(domains, example_tasks)]
+            self._whitening = within_group_whitening(unit_rows(dense), groups, self.config.whitening_shrinkage)
+        return self
+
+    def _idf(self) -> np.ndarray:
+        return (np.log((1.0 + self._n_tasks) / (1.0 + self._df)) + 1.0).astype(np.float32)
+
+    # -- features -------------------------------------------------------------------------------
+    def dense_features(self, dense: np.ndarray) -> np.ndarray:
+        """``(n, dense_dim)`` unit rows: the dense vectors, whitened when the config says so."""
+        x = unit_rows(dense)
+        return unit_rows(x @ self._whitening) if self._whitening is not None else x
+
+    def lexical_features(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Per lexical block (word, char), ``(n, lexical_dim)`` unit rows of projected tf-idf."""
+        self._require_fitted()
+        idf = self._idf()
+        blocks = []
+        for b, m in enumerate(self._counts(texts)):
+            weighted = m.multiply(idf[b][None, :]).tocsr()
+            blocks.append(unit_rows((weighted @ self._projection).toarray()))
+        return blocks
+
+    def featurize(self, texts: Sequence[str], dense: np.ndarray) -> np.ndarray:
+        dense = _check_dense(texts, dense)
+        self._require_fitted()
+        if dense.shape[1] != self._dense_dim:
+            raise InvalidInputError(
+                f"dense vectors have width {dense.shape[1]} but the representation was fitted on "
+                f"{self._dense_dim}; use the encoder the store was built with"
+            )
+        a = self.config.dense_weight
+        word, char = self.lexical_features(texts)
+        lex_scale = np.sqrt((1.0 - a) / 2.0)
+        rows = np.hstack([np.sqrt(a) * self.dense_features(dense), lex_scale * word, lex_scale * char])
+        # A text with no word token leaves its word block zero: renormalise so rows stay unit.
+        return unit_rows(rows)
+
+    def task_vectors(self, features: np.ndarray) -> np.ndarray:
+        return _mean_prototype(features)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """``meta`` (JSON: name, config, dense_dim, n_tasks), ``task_df`` and, if on, ``whitening``.
+
+        About 0.7 MB uncompressed for MiniLM (384x384 float32 + 2x16384 int32), ~0.6 MB in an npz.
+        """
+        self._require_fitted()
+        state = {
+            "meta": _meta({
+                "name": self.name, "config": self.config.model_dump(mode="json"),
+                "dense_dim": self._dense_dim, "n_tasks": self._n_tasks,
+            }),
+            "task_df": self._df.copy(),
+        }
+        if self._whitening is not None:
+            state["whitening"] = self._whitening.astype(np.float32)
+        return state
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray]) -> "HybridRepresentation":
+        meta = _read_meta(state)
+        rep = cls(HybridConfig.model_validate(meta["config"]))
+        df = np.asarray(state["task_df"], dtype=np.int32)
+        if df.shape != (2, 2**rep.config.hash_bits):
+            raise StoreError(f"representation state is corrupt: task_df has shape {df.shape}; re-index the store")
+        rep._df = df
+        rep._n_tasks = int(meta["n_tasks"])
+        rep._dense_dim = int(meta["dense_dim"])
+        if rep.config.whitening_shrinkage is not None:
+            if "whitening" not in state:
+                raise StoreError("representation state is corrupt: whitening matrix missing; re-index the store")
+            rep._whitening = np.asarray(state["whitening"], dtype=np.float32)
+        return rep
+
+
+def within_group_whitening(x: np.ndarray, groups: Sequence[str], shrinkage: float) -> np.ndarray:
+    """Symmetric ``(d, d)`` matrix ``(S_w + shrinkage * mean_eig(S_w) * I) ** -1/2``.
+
+    ``S_w`` is the covariance of the rows of ``x`` around the mean of their group (the scatter
+    that does not tell groups apart). The ridge keeps directions of tiny within-group variance
+    from being blown up.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    labels, inverse = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    means = np.zeros((len(labels), x.shape[1]))
+    np.add.at(means, inverse, x)
+    means /= np.bincount(inverse, minlength=len(labels))[:, None]
+    resid = x - means[inverse]
+    cov = resid.T @ resid / max(len(x), 1)
+    eigval, eigvec = np.linalg.eigh(cov)
+    eigval = np.clip(eigval, 0.0, None)
+    ridge = shrinkage * max(float(eigval.mean()), 1e-12)
+    return ((eigvec / np.sqrt(eigval + ridge)) @ eigvec.T).astype(np.float32)
+
+
+def _meta(obj: dict[str, Any]) -> np.ndarray:
+    return np.array(json.dumps(obj, sort_keys=True))
+
+
+def _read_meta(state: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    try:
+        return json.loads(str(np.asarray(state["meta"])))
+    except (KeyError, ValueError) as exc:
+        raise StoreError(f"representation state has no readable 'meta' entry ({exc}); re-index the store") from exc
+
+
+REPRESENTATIONS: dict[str, type] = {"paper": PaperRepresentation, "hybrid": HybridRepresentation}
+DEFAULT_REPRESENTATION = "hybrid"
+
+
+def make_representation(name: str = DEFAULT_REPRESENTATION, **config: Any) -> TaskRepresentation:
+    """A new, unfitted representation by name (``hybrid`` -- the default -- or ``paper``)."""
+    try:
+        cls = REPRESENTATIONS[name]
+    except KeyError:
+        raise InvalidInputError(
+            f"unknown task representation '{name}'; choose one of {sorted(REPRESENTATIONS)}"
+        ) from None
+    return cls(**config)
+
+
+def representation_from_state(state: Mapping[str, np.ndarray] | str | Path) -> TaskRepresentation:
+    """Rebuild a fitted representation from `state_dict()`, or from an ``.npz`` saved by `save_state`."""
+    if isinstance(state, (str, Path)):
+        try:
+            with np.load(state, allow_pickle=False) as npz:
+                state = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"cannot read the representation state {state}: {exc}; re-index the store") from exc
+    meta = _read_meta(state)
+    name = meta.get("name")
+    if name == "paper":
+        return PaperRepresentation(dense_dim=meta.get("dense_dim"))
+    if name == "hybrid":
+        return HybridRepresentation.from_state(state)
+    raise StoreError(
+        f"the store's representation state names '{name}', which this version does not know; "
+        "re-index the store (`lorauter index`)"
+    )
+
+
+def save_state(representation: TaskRepresentation, path: str | Path) -> Path:
+    """Write ``representation.state_dict()`` to a compressed ``.npz`` (no pickles)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:  # a file object keeps numpy from appending ".npz" to the name
+        np.savez_compressed(fh, **representation.state_dict())
+    return path
+
+
+def task_scores(
+    similarities: np.ndarray, record_tasks: Sequence[str], exclude_tasks: Sequence[str] = ()
+) -> dict[str, float]:
+    """Per-task score from per-record cosine similarities: the max over a task's prototypes.
+
+    ``similarities[i]`` is the cosine of the query to record ``i`` (cosine similarity, i.e.
+    ``1 - distance`` of a Chroma cosine collection) and ``record_tasks[i]`` its task. Tasks
+    in ``exclude_tasks`` are dropped. Returns tasks best first.
+    """
+    sims = np.asarray(similarities, dtype=np.float64).ravel()
+    if sims.shape[0] != len(record_tasks):
+        raise InvalidInputError("similarities and record_tasks must have the same length")
+    excluded = set(exclude_tasks)
+    best: dict[str, float] = {}
+    for s, t in zip(sims, record_tasks):
+        if t in excluded:
+            continue
+        if t not in best or s > best[t]:
+            best[t] = float(s)
+    return dict(sorted(best.items(), key=lambda kv: (-kv[1], kv[0])))
