@@ -99,3 +99,12 @@ def test_query_selection_takes_the_first_n_of_each_wanted_task():
     exs = [Example(task=t, inputs=f"{t} {i}", targets="x") for i in range(5) for t in ("a", "b", "c")]
     chosen = select_queries(exs, ["a", "c"], 2)
     assert [e.inputs for e in chosen] == ["a 0", "c 0", "a 1", "c 1"]
+
+
+def test_a_second_run_reuses_cached_answers(engine, queries, tmp_path):
+    cache = tmp_path / "answers.json"
+    kw = dict(tasks=["task_b"], limit_per_task=2, max_new_tokens=BUDGET, progress=False, cache=cache)
+    first = evaluate_e2e(engine, queries, strategies=["base", "oracle"], **kw)
+    engine.generate = None  # any generation now would fail: everything must come from the cache
+    second = evaluate_e2e(engine, queries, strategies=["oracle", "base"], **kw)
+    assert second.results[0].mean == first.results[0].mean

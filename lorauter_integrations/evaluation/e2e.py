@@ -17,7 +17,10 @@ when both modes are evaluated in one run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
@@ -125,11 +128,14 @@ def evaluate_e2e(
     max_new_tokens: dict[str, int] | None = None,
     progress: bool = True,
     keep_samples: bool = True,
+    cache: str | Path | None = None,
 ) -> E2EReport:
     """Generate and score every selected test query under every strategy and mode.
 
     ``tasks`` None: the tasks that have an adapter in the engine's pool (the others only add
-    generation time that no adapter can change under ``oracle``).
+    generation time that no adapter can change under ``oracle``). ``cache``: a JSON file of
+    answers keyed by model, prompt, route and budget, so that later runs (more strategies, the
+    other mode) only generate what is new; greedy decoding makes the answers reusable.
     """
     examples = read_jsonl(test) if isinstance(test, (str, Path)) else list(test)
     task_to_adapter = dict(engine.pool.task_to_adapter)
@@ -153,10 +159,16 @@ def evaluate_e2e(
         for qi, route in enumerate(routes):
             jobs.setdefault((qi, route.key()), route)
     answers: dict[tuple[int, tuple], str] = {}
+    stored = _AnswerCache(cache, getattr(engine, "model_name", "?"))
     by_metric: dict[str, list[tuple[int, tuple]]] = defaultdict(list)
     for key in jobs:
-        by_metric[queries[key[0]].metric].append(key)
-    bar = tqdm(total=len(jobs), desc="generate", unit="answer", disable=not progress)
+        q = queries[key[0]]
+        hit = stored.get(q.inputs, key[1], budgets[q.metric])
+        if hit is None:
+            by_metric[q.metric].append(key)
+        else:
+            answers[key] = hit
+    bar = tqdm(total=len(jobs) - len(answers), desc="generate", unit="answer", disable=not progress)
     for metric, keys in by_metric.items():
         # Similar prompt lengths together (less padding); chunks of one engine batch keep the
         # progress bar moving.
@@ -168,6 +180,8 @@ def evaluate_e2e(
                                    max_new_tokens=budgets[metric], temperature=0.0)
             for k, g in zip(chunk, gens):
                 answers[k] = g.text
+                stored.put(queries[k[0]].inputs, k[1], budgets[metric], g.text)
+            stored.save()
             bar.update(len(chunk))
     bar.close()
 
@@ -203,6 +217,35 @@ def evaluate_e2e(
         seconds=round(time.perf_counter() - start, 1),
         results=results,
     )
+
+
+class _AnswerCache:
+    """Greedy answers on disk, keyed by model, prompt, route key and token budget."""
+
+    def __init__(self, path: str | Path | None, model: str):
+        self.path = Path(path) if path else None
+        self.model = model
+        self.data: dict[str, str] = {}
+        if self.path is not None and self.path.exists():
+            self.data = json.loads(self.path.read_text(encoding="utf-8"))
+
+    def _key(self, prompt: str, route_key: tuple, budget: int) -> str:
+        raw = json.dumps([self.model, prompt, route_key, budget], ensure_ascii=False)
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+    def get(self, prompt: str, route_key: tuple, budget: int) -> str | None:
+        return self.data.get(self._key(prompt, route_key, budget))
+
+    def put(self, prompt: str, route_key: tuple, budget: int, answer: str) -> None:
+        self.data[self._key(prompt, route_key, budget)] = answer
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, self.path)  # an interrupted run keeps every answer saved so far
 
 
 def _mean(values: Sequence[float]) -> float:
