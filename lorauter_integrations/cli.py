@@ -192,6 +192,8 @@ def eval_cmd(
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG bar chart here."),
     markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write the Markdown tables here."),
     per_adapter_path: Optional[Path] = typer.Option(None, "--per-adapter", help="Write the adapter-vs-base table here."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="JSON file of answers reused across runs."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Task store folder (default: the demo store)."),
 ) -> None:
     """Generate for every test query under each routing strategy and score the answers."""
     from .engine import RoutedModel
@@ -199,8 +201,9 @@ def eval_cmd(
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     report = e2e.evaluate_e2e(
-        RoutedModel.demo(), test, strategies=names, ood_modes=(False, True) if both else (ood,),
+        RoutedModel.demo(store_dir=store), test, strategies=names, ood_modes=(False, True) if both else (ood,),
         tasks=[t.strip() for t in tasks_.split(",") if t.strip()] if tasks_ else None, limit_per_task=limit_per_task,
+        cache=cache,
     )
     text = e2e.markdown(report)
     if markdown_path:
