@@ -23,7 +23,6 @@ import importlib
 import inspect
 import json
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,13 +30,14 @@ import typer
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.prompts.chat_prompts import CHAT_TEXT_QA_PROMPT
-from llama_index.core.schema import MetadataMode
+from llama_index.core.schema import MetadataMode, QueryBundle
 from tqdm.auto import tqdm
 
 from lorauter_integrations.data import bundled_data_dir, load_tasks, read_jsonl
 from lorauter_integrations.evaluation.routing_eval import evaluate_routing
 from lorauter_integrations.llama_index import LoRAuterEmbedding
 from lorauter_integrations.llama_index.context import select_routing_text
+from lorauter_integrations.models import cache_dir
 from lorauter_integrations.store import TaskStore
 
 # A developer-docs knowledge base: unrelated to every Flan task, available offline everywhere.
@@ -71,6 +71,7 @@ def main(
     per_task: int = typer.Option(0, help="Queries per task (0 = all)."),
     context_chunks: int = typer.Option(2, help="Retrieved chunks in the prompt (the query engine's top-k)."),
     strategies: str = typer.Option("lorauter,lorauter-paper", help="Routing strategies, comma separated."),
+    store_dir: Path = typer.Option(None, "--store", help="Task store dir (default: a cache dir; re-runs reuse it)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
 ) -> None:
     data = bundled_data_dir()
@@ -93,8 +94,10 @@ def main(
 
     texts: dict[str, list[str]] = {c: [] for c in CONDITIONS}
     prompt_chars = []
-    for q in tqdm(queries, desc="retrieve + build prompts", unit="q", file=sys.stderr):
-        nodes = retriever.retrieve(q.inputs)
+    query_vectors = embed.get_text_embedding_batch([q.inputs for q in queries])  # one batched encode
+    for q, vector in tqdm(list(zip(queries, query_vectors)), desc="retrieve + build prompts", unit="q",
+                          file=sys.stderr, disable=as_json):
+        nodes = retriever.retrieve(QueryBundle(query_str=q.inputs, embedding=vector))
         # What the response synthesiser formats: chunks joined by blank lines, LLM metadata mode.
         context_str = "\n\n".join(n.node.get_content(metadata_mode=MetadataMode.LLM) for n in nodes)
         messages = CHAT_TEXT_QA_PROMPT.format_messages(context_str=context_str, query_str=q.inputs)
@@ -104,14 +107,13 @@ def main(
         prompt_chars.append(len(texts["prompt"][-1]))
 
     results = []
-    with tempfile.TemporaryDirectory(prefix="lorauter-study-") as tmp:
-        store = TaskStore(tmp)
-        store.index(tasks, progress=not as_json)
-        for strategy in [s.strip() for s in strategies.split(",") if s.strip()]:
-            for condition in CONDITIONS:
-                routed = [q.model_copy(update={"inputs": t}) for q, t in zip(queries, texts[condition])]
-                r = evaluate_routing(store, routed, strategy=strategy, progress=not as_json)
-                results.append({"strategy": strategy, "routing_input": condition, **r.model_dump(exclude={"strategy", "ood"})})
+    store = TaskStore(store_dir or cache_dir() / "stores" / "query-routing-study")
+    store.index(tasks, progress=not as_json)  # idempotent: a re-run only checks content hashes
+    for strategy in [s.strip() for s in strategies.split(",") if s.strip()]:
+        for condition in CONDITIONS:
+            routed = [q.model_copy(update={"inputs": t}) for q, t in zip(queries, texts[condition])]
+            r = evaluate_routing(store, routed, strategy=strategy, progress=not as_json)
+            results.append({"strategy": strategy, "routing_input": condition, **r.model_dump(exclude={"strategy", "ood"})})
 
     summary = {
         "n_queries": len(queries),

@@ -184,7 +184,6 @@ class LoRAuterLLM(FunctionCallingLLM):
         question = current_routing_text() if self.routing_input == "question" else None
         return (question, "question") if question else (prompt, "prompt")
 
-
     def _decide(self, text: str, source: RoutingSource, override: Any) -> Route:
         """Route ``text`` (or apply a per-call override), then publish the decision."""
         strategy = self.strategy

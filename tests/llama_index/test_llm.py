@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
-from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 
 from lorauter_integrations.errors import InvalidInputError
-from lorauter_integrations.llama_index import LoRAuterLLM, LoRAuterRouteEvent, collect_routes
+from lorauter_integrations.llama_index import collect_routes
 from lorauter_integrations.routing.route import Route
 
 pytestmark = pytest.mark.slow
@@ -17,32 +15,9 @@ SENTIMENT = "Is this movie review positive or negative? 'A joyless, plodding fil
 TRANSLATE = "Translate to German: The weather is nice today."
 
 
-
 def decision(route):
     """A route without its timings: what two routings of the same text agree on."""
     return route.model_dump(exclude={"timings_ms"})
-
-class RouteEvents(BaseEventHandler):
-    """Keeps every LoRAuterRouteEvent it sees."""
-
-    events: list = []
-
-    @classmethod
-    def class_name(cls) -> str:
-        return "RouteEvents"
-
-    def handle(self, event, **kwargs) -> None:
-        if isinstance(event, LoRAuterRouteEvent):
-            self.events.append(event)
-
-
-@pytest.fixture
-def route_events():
-    handler = RouteEvents(events=[])
-    root = get_dispatcher()
-    root.add_event_handler(handler)
-    yield handler.events
-    root.event_handlers.remove(handler)
 
 
 def test_complete_returns_text_usage_and_the_route_of_its_prompt(llm, engine):

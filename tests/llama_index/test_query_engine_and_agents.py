@@ -19,10 +19,10 @@ DOCS = [
 QUESTION = "Is the review of the Zephyr fan positive or negative?"
 
 
-
 def decision(route):
     """A route without its timings: what two routings of the same text agree on."""
     return route.model_dump(exclude={"timings_ms"})
+
 
 @pytest.fixture(scope="module")
 def index():
@@ -43,20 +43,21 @@ def test_query_engine_answers_from_the_documents_routed_on_the_question(index, l
     assert [decision(r) for r in routes] == [decision(engine.route(QUESTION))]
 
 
-def test_query_engine_can_route_on_the_whole_synthesised_prompt_instead(index, engine):
+def test_query_engine_can_route_on_the_synthesised_prompt_instead(index, engine, route_events):
     llm = LoRAuterLLM(engine=engine, max_new_tokens=8, routing_input="last_user")
-    with collect_routes() as routes:
-        index.as_query_engine(llm=llm, similarity_top_k=2).query(QUESTION)
-    assert len(routes) == 1 and decision(routes[0]) != decision(engine.route(QUESTION))
+    index.as_query_engine(llm=llm, similarity_top_k=2).query(QUESTION)
+    [event] = route_events
+    assert event.source == "last_user"
+    assert QUESTION in event.routing_text and "Customer review of the Zephyr fan" in event.routing_text
 
 
-def test_streaming_query_engine_is_routed_before_the_first_token(index, llm, engine):
+def test_streaming_query_engine_routes_on_the_question(index, llm, engine):
     query_engine = index.as_query_engine(llm=llm, similarity_top_k=2, streaming=True)
     with collect_routes() as routes:
-        response = query_engine.query(QUESTION)
-        assert [decision(r) for r in routes] == [decision(engine.route(QUESTION))]  # at stream opening
-        text = "".join(response.response_gen)
+        # The synthesiser opens the LLM stream lazily, at the first token asked for.
+        text = "".join(query_engine.query(QUESTION).response_gen)
     assert text.strip()
+    assert [decision(r) for r in routes] == [decision(engine.route(QUESTION))]
 
 
 async def test_function_agent_calls_the_tool_and_every_step_is_routed(llm):
