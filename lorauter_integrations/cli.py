@@ -218,6 +218,27 @@ def eval_cmd(
         typer.echo(text)
 
 
+# --- benchmarks (engineer G) ------------------------------------------------------------------
+@app.command("bench")
+def bench_cmd(
+    quick: bool = typer.Option(False, "--quick", help="Fewer repetitions and a small noisy pool (< 3 min)."),
+    as_json: bool = typer.Option(False, "--json", help="Print all figures as one JSON object on stdout."),
+    plot_dir: Optional[Path] = typer.Option(None, "--plot", help="Write PNG plots into this folder."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
+) -> None:
+    """Measure routing, composition, generation, mixed batches and noisy pools in one run."""
+    from .bench import plot_bench, run_bench, summary_table
+
+    results = run_bench(quick=quick, threads=threads)
+    if plot_dir:
+        for path in plot_bench(results, plot_dir):
+            typer.echo(f"wrote {path}", err=True)
+    if as_json:
+        _print_json(results)
+    else:
+        typer.echo(summary_table(results))
+
+
 def main() -> None:
     """Console entry point: typed errors become one line on stderr and exit code 2."""
     try:
