@@ -3,9 +3,9 @@
 A *representation* turns texts (plus their dense sentence embeddings, computed once by the
 encoder) into unit feature rows, and a task's featurised examples into one or a few task
 vectors ("prototypes"). A query is featurised the same way; its score for a task is the
-cosine to that task's prototypes (`task_scores`). Everything a representation learns from the
-indexed validation data is a small state (`state_dict`) that the store persists beside its
-collections, so that queries are featurised exactly as the tasks were.
+cosine to that task's prototypes, maximised over them (`task_scores`). Everything a
+representation learns from the indexed validation data is a small state (`state_dict`) that the
+store persists beside its collections, so that queries are featurised exactly as tasks were.
 
 Two representations:
 
@@ -16,22 +16,31 @@ Two representations:
   ("Translate to German", "OPTIONS:", "Premise: ... Hypothesis:") identify a task far better
   than a sentence embedding dominated by the content. Each text gets
 
-      f(x) = [ sqrt(a) * dense(x) ,  sqrt((1-a)/2) * word(x) ,  sqrt((1-a)/2) * char(x) ]
+      f(x) = [ sqrt(a) * W dense(x) ,  sqrt((1-a)/2) * word(x) ,  sqrt((1-a)/2) * char(x) ]
 
-  where ``word``/``char`` are unit tf-idf vectors of word 1-2-grams and within-word character
-  1-4-grams (sublinear tf; IDF over *tasks*, so that a template shared by all the examples of
-  one task counts as one occurrence, and words used by every task weigh little), hashed and
-  projected to a fixed size so that they fit a Chroma collection. ``f`` is a unit row and the
-  cosine of two rows is ``a*cos_dense + (1-a)/2*(cos_word + cos_char)``. A task's prototype
-  is the mean of its examples' rows, renormalised (as in the paper, in the joint space).
+  with every block a unit vector, so ``f`` is a unit row and the cosine of two rows is
+  ``a*cos_dense + (1-a)/2*(cos_word + cos_char)``.
+
+  * ``word``/``char``: tf-idf of word 1-2-grams and within-word character 1-4-grams
+    (sublinear tf; IDF over *tasks*, so that a template shared by all the examples of one task
+    counts once and words used by every task weigh little), hashed, then projected by a
+    signed count sketch to a fixed width so that they fit a Chroma collection.
+  * ``W``: within-domain whitening of the dense embedding (inverse square root of the
+    ridge-regularised covariance of examples around their domain mean). It damps the
+    directions in which one domain's examples differ (their content) and so stresses what
+    domains share; this is what lifts routing to a sibling task when the query's own task is
+    excluded.
+
+  A task's prototype is the mean of its examples' rows, renormalised (as in the paper, in the
+  joint space). The knobs (``a`` = 0.3, ridge 0.1) were chosen by 5-fold cross-validation on
+  the validation set (``scripts/representation_study.py --grid``).
 
 Example::
 
-    rep = HybridRepresentation()
-    rep.fit(texts, dense, tasks)                     # the indexed validation examples
+    rep = HybridRepresentation().fit(texts, dense, tasks, domains)   # the indexed examples
     protos = {t: rep.task_vectors(rep.featurize(tx, d)) for t, (tx, d) in by_task.items()}
     q = rep.featurize([query], encoder.encode([query]))
-    # store `protos` in Chroma (cosine space) and `rep.state_dict()` beside it
+    # keep `protos` in a Chroma cosine collection and `rep.state_dict()` beside it
 """
 
 from __future__ import annotations
@@ -160,7 +169,7 @@ class HybridConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     dense_weight: float = Field(
-        default=0.2, ge=0.0, le=1.0,
+        default=0.3, ge=0.0, le=1.0,
         description="Share `a` of the dense cosine in the score; the lexical blocks share 1-a.",
     )
     word_ngrams: tuple[int, int] = Field(default=(1, 2), description="Word n-gram range.")
@@ -191,7 +200,7 @@ class HybridRepresentation:
     - ``task_df``: ``(2, 2**hash_bits)`` int32, per lexical block (word, char) and hashed
       n-gram bucket, the number of tasks whose examples contain it; with ``n_tasks`` it gives
       the IDF ``log((1 + n_tasks) / (1 + df)) + 1``.
-    - ``whitening``: ``(dense_dim, dense_dim)`` float32, the inverse square root of the
+    - ``whitening``: ``(dense_dim, dense_dim)`` float16, the inverse square root of the
       within-domain covariance of the unit dense vectors (ridge-regularised). It shrinks the
       directions in which examples of one domain vary (mostly their content) and so stretches
       those that separate domains. Examples without a domain count as a domain of their own
@@ -301,7 +310,10 @@ class HybridRepresentation:
         if self.config.whitening_shrinkage is not None:
             domains = example_domains if example_domains is not None else [None] * len(example_tasks)
             groups = [f"domain:{d}" if d is not None else f"task:{t}" for d, t in zip(domains, example_tasks)]
-            self._whitening = within_group_whitening(unit_rows(dense), groups, self.config.whitening_shrinkage)
+            w = within_group_whitening(unit_rows(dense), groups, self.config.whitening_shrinkage)
+            # Kept at float16 precision (ample for routing) so the persisted state is half the size
+            # and a reloaded representation featurises bit-for-bit like the fitted one.
+            self._whitening = w.astype(np.float16).astype(np.float32)
         return self
 
     def _idf(self) -> np.ndarray:
@@ -345,7 +357,7 @@ class HybridRepresentation:
     def state_dict(self) -> dict[str, np.ndarray]:
         """``meta`` (JSON: name, config, dense_dim, n_tasks), ``task_df`` and, if on, ``whitening``.
 
-        About 0.7 MB uncompressed for MiniLM (384x384 float32 + 2x16384 int32), ~0.6 MB in an npz.
+        For MiniLM: 384x384 float16 + 2x16384 int32, about 0.4 MB (less in a compressed npz).
         """
         self._require_fitted()
         state = {
@@ -356,7 +368,7 @@ class HybridRepresentation:
             "task_df": self._df.copy(),
         }
         if self._whitening is not None:
-            state["whitening"] = self._whitening.astype(np.float32)
+            state["whitening"] = self._whitening.astype(np.float16)
         return state
 
     @classmethod
