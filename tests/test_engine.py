@@ -250,3 +250,15 @@ def test_a_stream_resumed_on_other_live_threads_releases_the_engine(engine):
     assert "".join(pieces) == expected
     assert not engine.composer.active
     assert engine.generate([PROMPTS[0]], [ROUTES[0]], max_new_tokens=2)  # the lock was released
+
+
+def test_prompts_of_very_different_lengths_prefill_in_groups_with_the_same_outputs(engine):
+    prompts = ["Hi?", "Translate to French: the cat sits on the mat. " * 3, PROMPTS[0], "Summarize: ok."]
+    lengths = [len(engine._prepare(p, r, 8).ids) for p, r in zip(prompts, ROUTES)]
+    assert len(engine._prefill_groups(lengths)) > 1
+    grouped = engine.generate(prompts, ROUTES, max_new_tokens=8)
+    engine.prefill_padding_slack = float("inf")  # one padded batch
+    assert len(engine._prefill_groups(lengths)) == 1
+    padded = engine.generate(prompts, ROUTES, max_new_tokens=8)
+    alone = [engine.generate([p], [r], max_new_tokens=8)[0] for p, r in zip(prompts, ROUTES)]
+    assert [g.text for g in grouped] == [g.text for g in padded] == [g.text for g in alone]
