@@ -218,6 +218,7 @@ class HybridRepresentation:
         self._dense_dim: int | None = None
         self._n_tasks = 0
         self._df: np.ndarray | None = None
+        self._idf_projection: list = []
         self._whitening: np.ndarray | None = None
         self._vectorizers = self._make_vectorizers()
         self._projection = self._make_projection()
@@ -303,8 +304,7 @@ class HybridRepresentation:
         for m in self._counts(example_texts):
             present = (m > 0).astype(np.float32)
             df.append(np.asarray(((member @ present) > 0).sum(axis=0)).ravel().astype(np.int32))
-        self._df = np.stack(df)
-        self._n_tasks = len(task_ids)
+        self._set_counts_state(np.stack(df), len(task_ids))
         self._dense_dim = dense.shape[1]
         self._whitening = None
         if self.config.whitening_shrinkage is not None:
@@ -316,8 +316,17 @@ class HybridRepresentation:
             self._whitening = w.astype(np.float16).astype(np.float32)
         return self
 
-    def _idf(self) -> np.ndarray:
-        return (np.log((1.0 + self._n_tasks) / (1.0 + self._df)) + 1.0).astype(np.float32)
+    def _set_counts_state(self, df: np.ndarray, n_tasks: int) -> None:
+        """Store the task document frequencies and fold the IDF into the projection.
+
+        ``diag(idf) @ projection`` is precomputed so featurising a query is one sparse product
+        per block (a few ms on CPU, independent of the number of tasks).
+        """
+        import scipy.sparse as sp
+
+        self._df, self._n_tasks = df, n_tasks
+        idf = (np.log((1.0 + n_tasks) / (1.0 + df)) + 1.0).astype(np.float32)
+        self._idf_projection = [sp.diags(idf[b]).tocsr() @ self._projection for b in range(len(df))]
 
     # -- features -------------------------------------------------------------------------------
     def dense_features(self, dense: np.ndarray) -> np.ndarray:
@@ -328,12 +337,7 @@ class HybridRepresentation:
     def lexical_features(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Per lexical block (word, char), ``(n, lexical_dim)`` unit rows of projected tf-idf."""
         self._require_fitted()
-        idf = self._idf()
-        blocks = []
-        for b, m in enumerate(self._counts(texts)):
-            weighted = m.multiply(idf[b][None, :]).tocsr()
-            blocks.append(unit_rows((weighted @ self._projection).toarray()))
-        return blocks
+        return [unit_rows((m @ proj).toarray()) for m, proj in zip(self._counts(texts), self._idf_projection)]
 
     def featurize(self, texts: Sequence[str], dense: np.ndarray) -> np.ndarray:
         dense = _check_dense(texts, dense)
@@ -378,8 +382,7 @@ class HybridRepresentation:
         df = np.asarray(state["task_df"], dtype=np.int32)
         if df.shape != (2, 2**rep.config.hash_bits):
             raise StoreError(f"representation state is corrupt: task_df has shape {df.shape}; re-index the store")
-        rep._df = df
-        rep._n_tasks = int(meta["n_tasks"])
+        rep._set_counts_state(df, int(meta["n_tasks"]))
         rep._dense_dim = int(meta["dense_dim"])
         if rep.config.whitening_shrinkage is not None:
             if "whitening" not in state:
