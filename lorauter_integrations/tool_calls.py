@@ -40,6 +40,7 @@ __all__ = [
     "parse_tool_calls",
     "render_call_prefix",
     "render_json_prefix",
+    "render_json_template",
     "render_tool_call",
     "render_tool_result",
     "render_tools_prompt",
@@ -99,10 +100,10 @@ def render_tools_prompt(tools: Sequence[Mapping[str, Any]], tool_choice: str | N
         "<tools>",
         *(json.dumps(s, ensure_ascii=False) for s in specs),
         "</tools>",
-        "To call a tool, reply with a JSON object inside <tool_call></tool_call> tags:",
-        "<tool_call>",
-        '{"name": "<tool name>", "arguments": {"<argument>": <value>}}',
-        "</tool_call>",
+        "To call a tool, reply with a JSON object inside <tool_call></tool_call> tags, like this:",
+        # A concrete call shape: small models copy an example far better than they read a schema.
+        *(f'<tool_call>{{"name": {json.dumps(s["name"])}, "arguments": {render_json_template(s["parameters"])}}}'
+          "</tool_call>" for s in specs),
     ]
     if tool_choice in (None, "auto"):
         lines.append("Call a tool only when it helps; otherwise answer directly.")
@@ -138,11 +139,39 @@ def render_call_prefix(tool: Mapping[str, Any] | None = None) -> str:
 
 
 def render_json_prefix(schema: Mapping[str, Any] | None) -> str:
-    """The opening of a JSON object following ``schema``: up to the first property's value."""
-    properties = list(((schema or {}).get("properties") or {}).keys())
+    """The opening of a JSON object following ``schema``: up to the first property's value
+    (its opening quote included when that value is a string)."""
+    properties = ((schema or {}).get("properties") or {})
     if not properties:
         return "{"
-    return "{" + json.dumps(properties[0]) + ": "
+    name, spec = next(iter(properties.items()))
+    quote = '"' if _json_type(spec) == "string" and "enum" not in spec else ""
+    return "{" + json.dumps(name) + ": " + quote
+
+
+def render_json_template(schema: Mapping[str, Any] | None) -> str:
+    """A one-line example object of ``schema``'s shape, e.g. ``{"city": "...", "days": 0}``."""
+    properties = ((schema or {}).get("properties") or {})
+    return "{" + ", ".join(f"{json.dumps(k)}: {_placeholder(v)}" for k, v in properties.items()) + "}"
+
+
+def _json_type(spec: Mapping[str, Any]) -> str | None:
+    if not isinstance(spec, Mapping):
+        return None
+    kind = spec.get("type")
+    if isinstance(kind, list):  # ["string", "null"]
+        kind = next((k for k in kind if k != "null"), None)
+    if kind is None:
+        options = spec.get("anyOf") or spec.get("oneOf") or []
+        kind = next((t for o in options if (t := _json_type(o)) not in (None, "null")), None)
+    return kind
+
+
+def _placeholder(spec: Mapping[str, Any]) -> str:
+    if isinstance(spec, Mapping) and spec.get("enum"):
+        return json.dumps(spec["enum"][0])
+    return {"integer": "0", "number": "0.0", "boolean": "true", "array": "[]", "object": "{}",
+            "null": "null"}.get(_json_type(spec) or "string", '"..."')
 
 
 def render_tool_result(content: str, name: str | None = None) -> str:

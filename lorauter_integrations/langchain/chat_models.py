@@ -48,6 +48,7 @@ from ..tool_calls import (
     parse_tool_calls,
     render_call_prefix,
     render_json_prefix,
+    render_json_template,
     render_tool_call,
     render_tool_result,
     render_tools_prompt,
@@ -399,10 +400,7 @@ class ChatLoRAuter(BaseChatModel):
         response_format = kwargs.get("response_format")
         if response_format:
             schema = response_format.get("schema")
-            instructions.append(
-                "Reply with one JSON object only"
-                + (f", following this JSON schema:\n{json.dumps(schema, ensure_ascii=False)}" if schema else ".")
-            )
+            instructions.append(_json_instructions(schema))
             prefill = render_json_prefix(schema)
         if instructions:
             chat = _with_system(chat, "\n\n".join(instructions))
@@ -522,6 +520,20 @@ def _with_system(chat: list[dict[str, str]], text: str) -> list[dict[str, str]]:
     if chat and chat[0]["role"] == "system":
         return [{"role": "system", "content": f"{chat[0]['content']}\n\n{text}".strip()}, *chat[1:]]
     return [{"role": "system", "content": text}, *chat]
+
+
+def _json_instructions(schema: dict[str, Any] | None) -> str:
+    """Ask for one JSON object; with a schema, list its fields and show its shape."""
+    if not schema or not schema.get("properties"):
+        return "Reply with one JSON object only."
+    fields = [
+        f"- {name}: {spec.get('description') or spec.get('title') or name}"
+        for name, spec in schema["properties"].items()
+    ]
+    return "\n".join([
+        "Reply with one JSON object only, with these fields:", *fields,
+        f"in this form: {render_json_template(schema)}",
+    ])
 
 
 def _normalize_tool_choice(choice: Any, names: Sequence[str]) -> str | None:

@@ -41,7 +41,8 @@ def test_normalize_rejects_a_spec_without_name():
 def test_tools_prompt_lists_every_tool_and_the_call_format():
     prompt = render_tools_prompt([WEATHER, ADD])
     assert '"name": "get_weather"' in prompt and '"name": "add"' in prompt
-    assert "<tool_call>" in prompt
+    assert '<tool_call>{"name": "get_weather", "arguments": {"city": "..."}}</tool_call>' in prompt
+    assert '<tool_call>{"name": "add", "arguments": {"a": 0, "b": 0}}</tool_call>' in prompt
     assert "only when it helps" in prompt
 
 
@@ -185,6 +186,7 @@ def test_a_call_prefix_completed_by_the_model_parses_as_the_call():
 
     prefix = render_call_prefix(ADD)
     assert prefix == '<tool_call>\n{"name": "add", "arguments": {"a": '
+    assert render_call_prefix(WEATHER).endswith('"arguments": {"city": "')
     parsed = parse_tool_calls(prefix + '1, "b": 2}}', NAMES, default_tool="add")
     assert parsed.tool_calls[0]["args"] == {"a": 1, "b": 2}
     assert render_call_prefix({"name": "now"}).endswith('"arguments": {')
@@ -194,7 +196,8 @@ def test_a_call_prefix_completed_by_the_model_parses_as_the_call():
 def test_a_json_prefix_starts_at_the_first_property():
     from lorauter_integrations.tool_calls import render_json_prefix
 
-    assert render_json_prefix({"properties": {"name": {}, "age": {}}}) == '{"name": '
+    assert render_json_prefix({"properties": {"age": {"type": "integer"}, "name": {}}}) == '{"age": '
+    assert render_json_prefix({"properties": {"name": {"type": "string"}}}) == '{"name": "'
     assert render_json_prefix(None) == "{"
 
 
@@ -203,3 +206,11 @@ def test_an_unreadable_call_keeps_the_tool_name_it_announced():
     assert parsed.invalid_tool_calls[0]["name"] == "add"
     forced = parse_tool_calls("<tool_call>garbage", NAMES, default_tool="get_weather")
     assert forced.invalid_tool_calls[0]["name"] == "get_weather"
+
+
+def test_json_template_shows_the_shape_of_a_schema():
+    from lorauter_integrations.tool_calls import render_json_template
+
+    schema = {"properties": {"setup": {"type": "string"}, "n": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+                             "mood": {"enum": ["happy", "sad"]}}}
+    assert render_json_template(schema) == '{"setup": "...", "n": 0, "mood": "happy"}'
