@@ -239,6 +239,8 @@ def map_adapters(
         exhaustive += len(pool) * len(encoded)
         results.append(TaskMapping(task=task.task, adapter=found.winner, score=found.score, own_adapter=mine,
                                    evaluations=found.evaluations, rounds=found.rounds))
+        if write:  # after every task: an interrupted run keeps what it has mapped
+            write_mapping(pool_dir, {task.task: found.winner})
     result = MappingResult(
         mapping={r.task: r.adapter for r in results},
         tasks=results,
@@ -246,8 +248,6 @@ def map_adapters(
         exhaustive_evaluations=exhaustive,
         seconds=round(time.perf_counter() - start, 1),
     )
-    if write:
-        write_mapping(pool_dir, result.mapping)
     return result
 
 
