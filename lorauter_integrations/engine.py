@@ -227,6 +227,10 @@ class RoutedModel:
             eos.append(self.tokenizer.eos_token_id)
         self.eos_token_ids = frozenset(eos)
 
+    def __repr__(self) -> str:
+        return (f"RoutedModel(model={self.model_name!r}, adapters={len(self.pool)}, strategy={self.strategy!r}, "
+                f"composition={self.composer.config.strategy!r}, merge={self.merge}, device={self.device!r})")
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def demo(cls, *, store_dir: str | Path | None = None, **kwargs) -> "RoutedModel":
@@ -269,7 +273,8 @@ class RoutedModel:
         """Apply ``route``'s composition to ``self.model`` until ``restore()`` (or the ``with`` ends).
 
         For code that runs the model itself, e.g. a stock ``transformers`` pipeline. The engine
-        is locked meanwhile (other callers wait), so restore from the same thread, always::
+        is locked meanwhile (other callers wait), so always restore, exactly once (from any
+        thread)::
 
             with engine.activate(engine.route(text)):
                 pipe(text)
