@@ -160,10 +160,10 @@ def _rows_hook(At: torch.Tensor, Bt: torch.Tensor, module, args, output):
 class Activation:
     """A composition applied to the model; ``restore()`` (or leaving the ``with``) undoes it exactly."""
 
-    def __init__(self, composer: "Composer", handles=(), merged: Sequence[str] = ()):
+    def __init__(self, composer: "Composer", handles=(), swapped: Sequence[tuple[str, torch.Tensor]] = ()):
         self._composer = composer
         self._handles = list(handles)
-        self._merged = list(merged)
+        self._swapped = list(swapped)  # (module name, its pristine weight tensor)
         self._on_restore: list = []
         self.restored = False
 
@@ -172,16 +172,15 @@ class Activation:
         self._on_restore.append(callback)
 
     def restore(self) -> None:
-        """Remove hooks; copy back the saved base weights of merged modules (bit-identical)."""
+        """Remove hooks; put the untouched base weight tensors back in merged modules."""
         if self.restored:
             return
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        with torch.no_grad():
-            for name in self._merged:
-                self._composer._weight(name).copy_(self._composer._backups[name])
-        self._merged.clear()
+        for name, pristine in self._swapped:
+            self._composer._modules[name].weight.data = pristine
+        self._swapped.clear()
         self.restored = True
         self._composer._release(self)
         for callback in self._on_restore:
@@ -215,7 +214,7 @@ class Composer:
         self.max_cached = max_cached
         self._cache: OrderedDict[tuple, Composition] = OrderedDict()
         self._modules = dict(model.named_modules())
-        self._backups: dict[str, torch.Tensor] = {}  # pristine base weights of modules ever merged
+        self._merge_buffers: dict[str, torch.Tensor] = {}  # per merged module, reused: W + B A
         self._active: Activation | None = None
         self._lock = threading.RLock()
 
@@ -253,7 +252,7 @@ class Composer:
         with self._lock:
             self._cache.clear()
             if self._active is None:
-                self._backups.clear()
+                self._merge_buffers.clear()
 
     # ------------------------------------------------------------------ activation
     @property
@@ -263,16 +262,17 @@ class Composer:
     def activate(self, composition: Composition | None, *, merge: bool = False) -> Activation:
         """Apply one composition to every row: by hooks, or folded into the weights (``merge``).
 
-        Merging makes the forward pass exactly the base model's (no extra op), at the cost of
-        touching the weights: the first merge of a module keeps a copy of its pristine weight
-        and ``restore()`` copies it back, which is bit-exact (unmerge arithmetic is not).
+        Merging makes the forward pass exactly the base model's (no extra op): ``W + B A`` is
+        written into a buffer kept per module and swapped in as the layer's weight; the base
+        weight tensor itself is never written, and ``restore()`` swaps it back, so the base is
+        bit-exact by construction (unmerge arithmetic is not) and restoring costs nothing.
         """
         with self._lock:
             self._acquire()
             if composition is None or not composition.modules:
                 act = Activation(self)
             elif merge:
-                act = Activation(self, merged=self._merge(composition))
+                act = Activation(self, swapped=self._merge(composition))
             else:
                 handles = [
                     self._modules[name].register_forward_hook(functools.partial(_single_hook, A, B))
@@ -325,25 +325,29 @@ class Composer:
     def _weight(self, name: str) -> torch.Tensor:
         return self._modules[name].weight.data
 
-    def _merge(self, composition: Composition) -> list[str]:
-        done: list[str] = []
+    def _merge(self, composition: Composition) -> list[tuple[str, torch.Tensor]]:
+        swapped: list[tuple[str, torch.Tensor]] = []
         try:
-            with torch.no_grad():
+            # Outside inference mode: the buffers become parameter data that later calls reuse.
+            with torch.inference_mode(False), torch.no_grad():
                 for name, (A, B) in composition.modules.items():
-                    W = self._weight(name)
-                    if name not in self._backups:
-                        self._backups[name] = W.clone()
+                    param = self._modules[name].weight
+                    pristine = param.data
+                    buffer = self._merge_buffers.get(name)
+                    if buffer is None or buffer.shape != pristine.shape or buffer.dtype != pristine.dtype \
+                            or buffer.device != pristine.device:  # first merge, or the model moved
+                        buffer = self._merge_buffers[name] = torch.empty_like(pristine)
                     if type(self._modules[name]).__name__ == "Conv1D":  # weight stored [in, out]
-                        W.addmm_(A.t(), B.t())
+                        torch.addmm(pristine, A.t(), B.t(), out=buffer)
                     else:
-                        W.addmm_(B, A)
-                    done.append(name)
+                        torch.addmm(pristine, B, A, out=buffer)
+                    param.data = buffer
+                    swapped.append((name, pristine))
         except BaseException:
-            with torch.no_grad():
-                for name in done:
-                    self._weight(name).copy_(self._backups[name])
+            for name, pristine in swapped:
+                self._modules[name].weight.data = pristine
             raise
-        return done
+        return swapped
 
     def _gather(self, name: str, compositions: Sequence[Composition | None]) -> tuple[torch.Tensor, torch.Tensor]:
         ref = self._weight(name)

@@ -84,10 +84,13 @@ def test_merge_then_restore_leaves_weights_bit_identical(setup):
     comp = composer.composition(_route(["a", "b", "c"], [0.2, 0.3, 0.5]))
     with composer.activate(comp):
         hooked = _logits(model, ids)
+    base_tensor = model.get_submodule(MODULES[0]).weight.data
     with composer.activate(comp, merge=True):
         merged = _logits(model, ids)
         assert not torch.equal(model.get_submodule(MODULES[0]).weight, before[f"{MODULES[0]}.weight"])
+        assert torch.equal(base_tensor, before[f"{MODULES[0]}.weight"])  # the base tensor is never written
         assert all(not m._forward_hooks for m in model.modules())  # merged: no extra op at all
+    assert model.get_submodule(MODULES[0]).weight.data.data_ptr() == base_tensor.data_ptr()
     torch.testing.assert_close(merged, hooked, atol=1e-5, rtol=0)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
