@@ -125,6 +125,14 @@ def _check_dense(texts: Sequence[str], dense: np.ndarray) -> np.ndarray:
     return dense
 
 
+def _check_width(dense: np.ndarray, expected: int | None) -> None:
+    if expected is not None and dense.shape[1] != expected:
+        raise InvalidInputError(
+            f"dense vectors have width {dense.shape[1]} but the representation was fitted on "
+            f"{expected}; use the encoder the store was built with"
+        )
+
+
 def _mean_prototype(features: np.ndarray) -> np.ndarray:
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2 or features.shape[0] == 0:
@@ -155,6 +163,7 @@ class PaperRepresentation:
 
     def featurize(self, texts: Sequence[str], dense: np.ndarray) -> np.ndarray:
         dense = _check_dense(texts, dense)
+        _check_width(dense, self._dense_dim)
         self._dense_dim = dense.shape[1]
         return unit_rows(dense)
 
@@ -344,11 +353,7 @@ class HybridRepresentation:
     def featurize(self, texts: Sequence[str], dense: np.ndarray) -> np.ndarray:
         dense = _check_dense(texts, dense)
         self._require_fitted()
-        if dense.shape[1] != self._dense_dim:
-            raise InvalidInputError(
-                f"dense vectors have width {dense.shape[1]} but the representation was fitted on "
-                f"{self._dense_dim}; use the encoder the store was built with"
-            )
+        _check_width(dense, self._dense_dim)
         a = self.config.dense_weight
         word, char = self.lexical_features(texts)
         lex_scale = np.sqrt((1.0 - a) / 2.0)

@@ -171,3 +171,10 @@ def test_task_scores_take_the_best_prototype_per_task_and_skip_excluded_tasks():
     scores = task_scores([0.2, 0.9, 0.5, 0.7], ["a", "b", "a", "c"], exclude_tasks=["b"])
     assert scores == {"c": 0.7, "a": 0.5}
     assert list(scores) == ["c", "a"]
+
+
+def test_paper_representation_rejects_dense_vectors_of_another_width(corpus):
+    texts, dense, tasks, _ = corpus
+    rep = PaperRepresentation().fit(texts, dense, tasks)
+    with pytest.raises(InvalidInputError, match="encoder"):
+        rep.featurize(["hello"], np.ones((1, DIM + 1), dtype=np.float32))
