@@ -9,8 +9,9 @@
 A request is routed on its text (a chat: its last user message), its route is turned into a
 composition (`compose.Composer`, cached), and the model decodes with it:
 
-- one route for the whole batch (single stream included): the composed delta is folded into the
-  base weights, so decoding runs at base-model speed, and the saved weights are copied back after;
+- one route for the whole batch (single stream included): merged weights ``W + B A`` are swapped
+  in for the targeted layers, so decoding runs at base-model speed; the base tensors are never
+  written and are swapped back after;
 - different routes in one batch: every LoRA layer adds each row's own delta in one batched
   matmul, so the batch still takes one forward pass per step and rows never mix adapters.
 
