@@ -236,3 +236,23 @@ def test_requests_that_fail_before_decoding_do_not_disturb_concurrent_ones(engin
     assert "corrupt or truncated safetensors" in str(outcomes["corrupt"])
     assert results == expected
     _assert_clean(engine, before)
+
+
+@pytest.mark.slow
+def test_concurrent_requests_on_the_demo_engine_equal_sequential_runs():
+    engine = RoutedModel.demo()
+    queries = [
+        "Review: the plot was dull and the acting wooden. Is this movie review positive or negative?",
+        "Premise: A man plays guitar on stage. Hypothesis: A person makes music. Does the premise entail it?",
+        "Translate to German: The weather is nice today.",
+        "Sentence 1: The cat sat on the mat. Sentence 2: A cat was sitting on the mat. Do they mean the same thing?",
+    ]
+    alone = [engine.generate([q], max_new_tokens=8)[0] for q in queries]
+    assert len({g.route.key() for g in alone}) > 1  # the requests really take different routes
+    before = _snapshot(engine)
+    got: dict[int, object] = {}
+    _run_threads([lambda i=i: got.__setitem__(i, engine.generate([queries[i]], max_new_tokens=8)[0])
+                  for i in range(len(queries))])
+    assert [got[i].text for i in range(len(queries))] == [g.text for g in alone]
+    assert [got[i].route.key() for i in range(len(queries))] == [g.route.key() for g in alone]
+    _assert_clean(engine, before)
