@@ -21,7 +21,7 @@ from llama_index.core.instrumentation import get_dispatcher  # noqa: E402
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler  # noqa: E402
 from llama_index.core.tools import FunctionTool  # noqa: E402
 
-from lorauter_integrations.engine import RoutedModel  # noqa: E402
+from lorauter_integrations import RoutedModel  # noqa: E402
 from lorauter_integrations.llama_index import LoRAuterLLM, LoRAuterRouteEvent  # noqa: E402
 
 

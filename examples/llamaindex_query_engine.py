@@ -17,7 +17,7 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 from llama_index.core import Document, Settings, VectorStoreIndex  # noqa: E402
 
-from lorauter_integrations.engine import RoutedModel  # noqa: E402
+from lorauter_integrations import RoutedModel  # noqa: E402
 from lorauter_integrations.llama_index import LoRAuterEmbedding, LoRAuterLLM, collect_routes  # noqa: E402
 
 DOCUMENTS = [

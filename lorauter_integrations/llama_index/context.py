@@ -8,6 +8,12 @@ between concurrent requests.
 synthesiser calls) set the routing text from the prompt's ``query_str`` template variable, so a
 query engine routes on the user's question, not on the prompt padded with retrieved context.
 `route_on` does the same by hand for pipelines that call the LLM otherwise.
+
+Why this design: the question is only visible where the prompt template is filled (``predict``
+and friends get ``query_str``), while generation happens a few calls further down (``chat``).
+A context variable set around that span carries it there for sync, streaming and async calls
+alike, works with custom templates that keep the ``query_str`` name, and, unlike listening to
+instrumentation spans, does not depend on which handlers a user has registered.
 """
 
 from __future__ import annotations
