@@ -161,10 +161,16 @@ def build_noisy_pool(
     rng = random.Random(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     entries: list[dict] = []
+    src_manifest = source / MANIFEST
+    src_entries = json.loads(src_manifest.read_text(encoding="utf-8"))["adapters"] if src_manifest.exists() else []
+    trained_on = {e["id"]: e["trained_on"] for e in src_entries if e.get("trained_on")}
     for rec in originals:
         _write_copy(rec.path, out / rec.id)
-        entries.append({"id": rec.id, "path": rec.id, "tasks": list(rec.tasks), "kind": "original", "source": rec.id,
-                        "description": rec.description})
+        entry = {"id": rec.id, "path": rec.id, "tasks": list(rec.tasks), "kind": "original", "source": rec.id,
+                 "description": rec.description}
+        if rec.id in trained_on:  # what the mapping treats as the task's own adapter
+            entry["trained_on"] = trained_on[rec.id]
+        entries.append(entry)
     for rec in originals:
         for i in range(config.duplicates_per_adapter):
             aid = f"dup-{rec.id}-{i}"
