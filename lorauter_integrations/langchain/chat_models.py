@@ -233,9 +233,11 @@ class ChatLoRAuter(BaseChatModel):
         for i, (messages, manager) in enumerate(runs):
             try:
                 requests[i] = self._request(messages, stop, manager, dict(kwargs))
-            except Exception as e:  # a bad item (e.g. a bad override) fails alone
+            except Exception as e:  # a bad item (e.g. a bad override) fails alone...
                 manager.on_llm_error(e, response=LLMResult(generations=[]))
-                if not return_exceptions:
+                if not return_exceptions:  # ...unless the caller wants the batch to raise
+                    for _, other in runs[:i] + runs[i + 1 :]:
+                        other.on_llm_error(e, response=LLMResult(generations=[]))
                     raise
                 outputs[i] = e
         order = list(requests)
