@@ -48,11 +48,12 @@ def main() -> None:
         """Say whether a review is positive or negative."""
         return llm.complete(f"Is this review positive or negative? {text}").text.strip()
 
-    def translate(text: str, language: str) -> str:
-        """Translate a text into a language."""
-        return llm.complete(f"Translate to {language}: {text}").text.strip()
+    def translate_to_german(text: str) -> str:
+        """Translate an English text into German."""
+        return llm.complete(f"Translate to German: {text}").text.strip()
 
-    tools = [FunctionTool.from_defaults(classify_sentiment), FunctionTool.from_defaults(translate)]
+    # One-argument tools: a 135M model fills one argument reliably, several less so.
+    tools = [FunctionTool.from_defaults(classify_sentiment), FunctionTool.from_defaults(translate_to_german)]
 
     async def run(agent, question: str) -> None:
         print(f"\n== {type(agent).__name__}: {question}")
@@ -69,7 +70,7 @@ def main() -> None:
         await run(FunctionAgent(tools=tools, llm=llm, initial_tool_choice="classify_sentiment",
                                 system_prompt="Use the tools to answer."),
                   f"Is this review positive or negative? '{review}'")
-        await run(FunctionAgent(tools=tools, llm=llm, initial_tool_choice="translate",
+        await run(FunctionAgent(tools=tools, llm=llm, initial_tool_choice="translate_to_german",
                                 system_prompt="Use the tools to answer."),
                   "Translate 'the station is closed today' into German.")
         await run(ReActAgent(tools=tools, llm=llm), f"Use a tool: is this review positive? '{review}'")

@@ -268,7 +268,10 @@ class LoRAuterLLM(FunctionCallingLLM):
             return ChatMessage(role=MessageRole.ASSISTANT, content=text)
         parsed = parse_tool_calls(text, [_tool_name(t) for t in request.tools], default_tool=request.forced_tool)
         blocks: list[Any] = [TextBlock(text=parsed.content if parsed.tool_calls else text)]
-        blocks += [ToolCallBlock(tool_call_id=c["id"], tool_name=c["name"], tool_kwargs=c["args"]) for c in parsed.tool_calls]
+        blocks += [
+            ToolCallBlock(tool_call_id=c["id"], tool_name=c["name"], tool_kwargs=_declared_arguments(request.tools, c))
+            for c in parsed.tool_calls
+        ]
         extra = {"invalid_tool_calls": parsed.invalid_tool_calls} if parsed.invalid_tool_calls else {}
         return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=extra)
 
@@ -422,6 +425,18 @@ class LoRAuterLLM(FunctionCallingLLM):
 def _tool_name(tool: Mapping[str, Any]) -> str:
     spec = tool.get("function", tool)
     return str(spec.get("name", ""))
+
+
+def _declared_arguments(tools: Sequence[Mapping[str, Any]], call: Mapping[str, Any]) -> dict[str, Any]:
+    """A call's arguments without keys its tool does not declare (unless its schema explicitly
+    allows additional properties): small models often copy schema words (``type``,
+    ``required``, ``properties``) next to the real arguments, and the tool would reject them."""
+    spec = next((t.get("function", t) for t in tools if _tool_name(t) == call["name"]), {})
+    params = spec.get("parameters") or {}
+    declared = params.get("properties")
+    if not declared or params.get("additionalProperties", False) is not False:
+        return dict(call["args"])
+    return {k: v for k, v in call["args"].items() if k in declared}
 
 
 def _arguments_opening(tools: Sequence[Mapping[str, Any]], name: str) -> str:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.prompts.chat_prompts import CHAT_TEXT_QA_PROMPT
 
 from lorauter_integrations.llama_index import collect_routes, route_on
 from lorauter_integrations.llama_index.context import current_routing_text, record_route, select_routing_text
-from lorauter_integrations.llama_index.llms import _to_engine_message, _with_tools_prompt
 from lorauter_integrations.routing.route import Route
 
 QUESTION = "Is this review positive or negative? 'The plot drags and the jokes fall flat.'"
@@ -65,24 +64,3 @@ async def test_routes_recorded_in_worker_threads_reach_the_enclosing_collectors(
     record_route(_route("ignored"))  # outside any block: nobody collects it
     assert [r.tasks[0] for r in inner] == ["sst2"]
     assert [r.tasks[0] for r in outer] == ["sst2", "wmt16_tr_en"]
-
-
-def test_tool_traffic_in_the_history_is_rendered_as_text_for_the_chat_template():
-    call = ChatMessage(
-        role=MessageRole.ASSISTANT,
-        blocks=[ToolCallBlock(tool_call_id="c1", tool_name="multiply", tool_kwargs={"a": 6, "b": 7})],
-    )
-    result = ChatMessage(role=MessageRole.TOOL, content="42", additional_kwargs={"tool_call_id": "c1", "name": "multiply"})
-    rendered_call = _to_engine_message(call)
-    assert rendered_call["role"] == "assistant"
-    assert '"name": "multiply"' in rendered_call["content"] and "<tool_call>" in rendered_call["content"]
-    assert _to_engine_message(result) == {
-        "role": "tool", "content": '<tool_response name="multiply">\n42\n</tool_response>'
-    }
-
-
-def test_tool_descriptions_join_the_existing_system_message():
-    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
-    out = _with_tools_prompt(chat, "TOOLS")
-    assert out == [{"role": "system", "content": "Be brief.\n\nTOOLS"}, {"role": "user", "content": "hi"}]
-    assert _with_tools_prompt(chat[1:], "TOOLS")[0] == {"role": "system", "content": "TOOLS"}
