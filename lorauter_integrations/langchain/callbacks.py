@@ -106,8 +106,9 @@ class LoRAuterCallbackHandler(BaseCallbackHandler):
         lines = [f"{'run':8}  {'tags':18}  {'strategy':9}  {'adapters (weights)':44}  {'tokens':>9}"]
         for r in self.records:
             tokens = "" if r.input_tokens is None else f"{r.input_tokens}+{r.output_tokens}"
-            lines.append(
-                f"{str(r.run_id)[:8]:8}  {','.join(r.tags)[:18]:18}  {r.route.strategy[:9]:9}  "
+            tags = ",".join(t for t in r.tags if not t.startswith("seq:step:"))  # LCEL's own tags
+            lines.append(  # run ids are time-ordered (uuid7): their tail tells runs apart
+                f"{str(r.run_id)[-8:]:8}  {tags[:18]:18}  {r.route.strategy[:9]:9}  "
                 f"{_describe_adapters(r.route)[:44]:44}  {tokens:>9}"
             )
         return "\n".join(lines)
