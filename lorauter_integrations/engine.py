@@ -447,9 +447,14 @@ class RoutedModel:
             lines = [f"{m['role']}: {m['content']}" for m in messages]
             return "\n".join(lines) + "\nassistant:", False
         cont = messages[-1]["role"] == "assistant"
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=not cont, continue_final_message=cont
-        )
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=not cont, continue_final_message=cont
+            )
+        except Exception as exc:  # jinja raises its own errors (e.g. roles a template refuses)
+            raise InvalidInputError(
+                f"the model's chat template rejects these messages ({exc}); check roles and their order"
+            ) from exc
         return text, True
 
     def _prepare(self, prompt: PromptLike, route: Route | None, max_new_tokens: int) -> _Request:

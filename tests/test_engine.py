@@ -262,3 +262,12 @@ def test_prompts_of_very_different_lengths_prefill_in_groups_with_the_same_outpu
     padded = engine.generate(prompts, ROUTES, max_new_tokens=8)
     alone = [engine.generate([p], [r], max_new_tokens=8)[0] for p, r in zip(prompts, ROUTES)]
     assert [g.text for g in grouped] == [g.text for g in padded] == [g.text for g in alone]
+
+
+def test_a_chat_the_template_rejects_raises_invalid_input(engine, monkeypatch):
+    monkeypatch.setattr(engine.tokenizer, "chat_template", (  # the tokenizer is shared: undo after
+        "{% for m in messages %}{% if m['role'] == 'tool' %}{{ raise_exception('no tools') }}{% endif %}"
+        "{{ m['content'] }}{% endfor %}"
+    ))
+    with pytest.raises(InvalidInputError, match="chat template rejects"):
+        engine.generate([[{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}]], [ROUTES[0]])
