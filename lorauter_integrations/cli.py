@@ -160,6 +160,8 @@ def map_adapters_cmd(
     tasks_: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task ids (default: all)."),
     start_examples: int = typer.Option(2, "--start-examples", min=1, help="Examples per adapter in round 1."),
     max_examples: int = typer.Option(8, "--max-examples", min=1, help="Examples in the last round at most."),
+    keep: float = typer.Option(0.5, "--keep", min=0.01, max=0.99, help="Fraction of adapters kept per round."),
+    max_length: int = typer.Option(256, "--max-length", min=16, help="Tokens per example (prompt start cut first)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the map without writing the manifest."),
     model: str = typer.Option("demo", "--model"),
     as_json: bool = typer.Option(False, "--json"),
@@ -169,7 +171,8 @@ def map_adapters_cmd(
 
     names = [t.strip() for t in tasks_.split(",") if t.strip()] if tasks_ else None
     result = map_adapters(validation, pool, base_model=model, tasks=names, write=not dry_run,
-                          config=HalvingConfig(start_examples=start_examples, max_examples=max_examples))
+                          config=HalvingConfig(start_examples=start_examples, max_examples=max_examples,
+                                               keep=keep, max_length=max_length))
     if as_json:
         _print_json(result.model_dump())
         return
