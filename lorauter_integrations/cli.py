@@ -108,6 +108,29 @@ def route(
     typer.echo(f"({r.timings_ms.get('total', 0):.1f} ms)")
 
 
+@app.command()
+def generate(
+    text: str = typer.Argument(..., help="The prompt (sent as one user message with the chat template)."),
+    strategy: str = typer.Option("lorauter", "--strategy", "-s"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Route one prompt and generate with the demo engine (model, bundled adapters, task store)."""
+    from .engine import RoutedModel
+
+    engine = RoutedModel.demo(strategy=strategy)
+    out = engine.generate([text], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)[0]
+    if as_json:
+        _print_json({"text": out.text, "route": out.route.model_dump(),
+                     "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens}})
+        return
+    mix = ", ".join(f"{a} {w:.2f}" for a, w in zip(out.route.adapters, out.route.weights)) or "base model"
+    typer.echo(out.text)
+    typer.echo(f"[route: {mix}]", err=True)
+
+
 @app.command("eval-routing")
 def eval_routing(
     validation: Path = typer.Option(..., "--validation"),

@@ -94,3 +94,17 @@ def test_bad_jsonl_leaves_the_store_unchanged(tmp_path, small_files):
 
 def test_bundled_data_is_shipped():
     assert (bundled_data_dir() / "validation.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_generate_json_prints_text_and_route(tmp_path):
+    from lorauter_integrations.models import cache_dir
+
+    # the demo engine's model and store live in the shared cache (built once per machine)
+    out = run("generate", "Translate to English: Guten Morgen!", "--max-new-tokens", "8", "--json",
+              cache=cache_dir())
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout)
+    assert obj["text"].strip()
+    assert obj["route"]["strategy"] == "lorauter" and obj["route"]["adapters"]
+    assert abs(sum(obj["route"]["weights"]) - 1.0) < 1e-6
