@@ -128,13 +128,16 @@ def render_call_prefix(tool: Mapping[str, Any] | None = None) -> str:
     """The opening of a call, to prime the answer with when a call is required.
 
     Small models complete a started call far more reliably than they start one. With the tool
-    known, the prefix runs up to its first argument's value (``...{"a": ``); otherwise up to the
-    tool name (``{"name": "``). Parse the prefix plus the generated text.
+    known, the prefix runs up to its first argument's value (``...{"a": ``), or is the whole call
+    when the tool takes no arguments; otherwise it runs up to the tool name (``{"name": "``).
+    Parse the prefix plus the generated text.
     """
     if tool is None:
         return '<tool_call>\n{"name": "'
     spec = normalize_tool_spec(tool)
     head = f'<tool_call>\n{{"name": {json.dumps(spec["name"])}, "arguments": '
+    if not (spec["parameters"].get("properties") or {}):
+        return head + "{}}"  # nothing to fill in: the call is complete
     return head + render_json_prefix(spec["parameters"])
 
 

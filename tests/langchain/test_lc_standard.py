@@ -41,12 +41,8 @@ class TestChatLoRAuterUnit(ChatModelUnitTests):
 # What a 135M model cannot do reliably (measured: see README "LangChain"): skip, with the reason.
 _SMALL_MODEL = "SmolLM2-135M rarely produces this reliably"
 _SKIPS = {
-    "test_tool_calling_with_no_arguments": _SMALL_MODEL + ": a call with no arguments, unforced",
-    "test_agent_loop": _SMALL_MODEL + ": a multi-step agent answer that uses the tool result",
-    "test_structured_few_shot_examples": _SMALL_MODEL + ": few-shot tool-call histories",
-    "test_tool_message_error_status": _SMALL_MODEL + ": recovering from a failed tool call",
-    "test_bind_runnables_as_tools": _SMALL_MODEL + ": choosing a runnable tool unforced",
-    "test_unicode_tool_call_integration": _SMALL_MODEL + ": echoing unicode arguments exactly",
+    # Measured failures (the rest of the tool and structured-output tests pass on the demo model):
+    "test_agent_loop": _SMALL_MODEL + ": an unforced tool call for a weather question",
 }
 
 

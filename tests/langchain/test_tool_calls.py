@@ -189,7 +189,9 @@ def test_a_call_prefix_completed_by_the_model_parses_as_the_call():
     assert render_call_prefix(WEATHER).endswith('"arguments": {"city": "')
     parsed = parse_tool_calls(prefix + '1, "b": 2}}', NAMES, default_tool="add")
     assert parsed.tool_calls[0]["args"] == {"a": 1, "b": 2}
-    assert render_call_prefix({"name": "now"}).endswith('"arguments": {')
+    complete = render_call_prefix({"name": "now"})
+    assert complete.endswith('"arguments": {}}')
+    assert parse_tool_calls(complete + '\n"properties": {}}', ["now"], default_tool="now").tool_calls[0]["args"] == {}
     assert render_call_prefix() == '<tool_call>\n{"name": "'
 
 
