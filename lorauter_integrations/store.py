@@ -12,6 +12,10 @@ Layout (every collection in cosine space, every vector computed by us, never by 
 
 A task is written examples first, vectors next, registry record last, so a killed index run
 leaves the store queryable and a re-run finishes the job (content hashes make re-runs idempotent).
+
+Several processes may share one store through a ``chroma run`` server: every write also stamps a
+new version in ``{name}-meta``, and a store re-reads its cached registry and representation
+state when it sees another version (checked at most every ``refresh_s`` seconds).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import hashlib
 import io
 import json
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +46,7 @@ from .representations import (
 DEFAULT_STORE_NAME = "lorauter"
 _STATE_PREFIX = "state:"
 _TASK_PREFIX = "task:"
+_VERSION_ID = "version"
 _BATCH = 1000  # below Chroma's max batch size on every backend
 
 
@@ -108,11 +115,40 @@ def _wrap_chroma(action: str):
     return deco
 
 
+def _check_server(host: str, port: int, timeout_s: float) -> None:
+    """One heartbeat with a bounded timeout, before chromadb's client (which has none) is built."""
+    import httpx
+
+    try:
+        httpx.get(f"http://{host}:{port}/api/v2/heartbeat", timeout=timeout_s).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise StoreError(
+            f"cannot reach the Chroma server at {host}:{port} within {timeout_s:g} s "
+            f"({type(exc).__name__}: {exc}); start one with `chroma run --path DIR --host {host} "
+            f"--port {port}` or check the address"
+        ) from exc
+
+
+def _bound_timeouts(client, timeout_s: float, request_timeout_s: float) -> None:
+    """Give the HTTP client's session bounded timeouts.
+
+    chromadb 1.x builds its httpx session with ``timeout=None`` and no setting reaches it, so a
+    server that stops answering would hang every call (chroma-core/chroma#5805).
+    """
+    import httpx
+
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if isinstance(session, httpx.Client):
+        session.timeout = httpx.Timeout(request_timeout_s, connect=timeout_s)
+
+
 def make_client(path: str | Path | None = None, *, host: str | None = None, port: int = 8000,
-                timeout_s: float = 10.0):
+                timeout_s: float = 10.0, request_timeout_s: float = 120.0):
     """A Chroma client: embedded `PersistentClient(path)`, or `HttpClient(host, port)`.
 
-    The HTTP client is given bounded timeouts so that an unreachable server is an error, not a hang.
+    The HTTP client has bounded timeouts (``timeout_s`` to connect and for the first heartbeat,
+    ``request_timeout_s`` per request), so a server that is down or silent is a `StoreError`,
+    not a hang.
     """
     import chromadb
     from chromadb.config import Settings
@@ -120,8 +156,9 @@ def make_client(path: str | Path | None = None, *, host: str | None = None, port
     settings = Settings(anonymized_telemetry=False, allow_reset=False)
     try:
         if host is not None:
-            settings = Settings(anonymized_telemetry=False, chroma_server_http_timeout=timeout_s)  # type: ignore[call-arg]
-            client = chromadb.HttpClient(host=host, port=port, settings=settings)
+            _check_server(host, port, timeout_s)
+            client = chromadb.HttpClient(host=host, port=port, settings=Settings(anonymized_telemetry=False))
+            _bound_timeouts(client, timeout_s, request_timeout_s)
             client.heartbeat()
             return client
         if path is None:
@@ -129,7 +166,7 @@ def make_client(path: str | Path | None = None, *, host: str | None = None, port
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
         return chromadb.PersistentClient(path=str(p), settings=settings)
-    except InvalidInputError:
+    except (InvalidInputError, StoreError):
         raise
     except Exception as exc:
         where = f"server {host}:{port}" if host else f"path {path}"
@@ -145,7 +182,9 @@ class TaskStore:
 
     ``client`` may be any chromadb client (``chromadb.HttpClient`` for a shared ``chroma run``
     server). ``encoder`` defaults to the encoder the store was built with (or all-MiniLM-L6-v2
-    for a new store); a store built with another encoder refuses to open.
+    for a new store); a store built with another encoder refuses to open. ``refresh_s``: how
+    often (at most) to check whether another process changed the store, so that its new tasks
+    are routed without an explicit `refresh()` (None: only on `refresh()`).
     """
 
     def __init__(
@@ -156,9 +195,11 @@ class TaskStore:
         encoder: Encoder | str | None = None,
         name: str = DEFAULT_STORE_NAME,
         representations: Sequence[str] = tuple(REPRESENTATIONS),
+        refresh_s: float | None = 2.0,
     ):
         self.client = client if client is not None else make_client(path)
         self.name = name
+        self.refresh_s = refresh_s
         self._lock = threading.RLock()
         self._examples = self._collection(f"{name}-examples")
         self._meta = self._collection(f"{name}-meta")
@@ -179,6 +220,8 @@ class TaskStore:
         for rep in representations:
             self.representations[rep] = make_representation(rep)
         self._task_cols = {rep: self._collection(f"{name}-tasks-{rep}") for rep in self.representations}
+        self._version = self._read_version()
+        self._checked_at = time.monotonic()
         self._load_states()
         self._registry_cache: dict[str, TaskRecord] | None = None
 
@@ -200,9 +243,33 @@ class TaskStore:
             if doc:
                 self.representations[rid[len(_STATE_PREFIX):]] = representation_from_state(_decode_state(doc))
 
+    # -- freshness (several processes on one server) ----------------------------------------
+    @_wrap_chroma("read the store version")
+    def _read_version(self) -> str | None:
+        got = self._meta.get(ids=[_VERSION_ID], include=["documents"])
+        return (got["documents"] or [None])[0]
+
+    def _bump_version(self) -> None:
+        """Stamp a write, so that other processes sharing the store reload their cached view."""
+        self._version = uuid.uuid4().hex
+        self._meta.upsert(ids=[_VERSION_ID], embeddings=np.ones((1, 1), dtype=np.float32),
+                          documents=[self._version], metadatas=[{"kind": "version"}])
+
+    def _maybe_refresh(self) -> None:
+        """`refresh()` if another process wrote since we last looked (checked every ``refresh_s``)."""
+        if self.refresh_s is None or time.monotonic() - self._checked_at < self.refresh_s:
+            return
+        with self._lock:
+            self._checked_at = time.monotonic()
+            version = self._read_version()
+            if version != self._version:
+                self._version = version
+                self.refresh()
+
     # -- reading ----------------------------------------------------------------------------
     @_wrap_chroma("read the task registry")
     def _registry(self) -> dict[str, TaskRecord]:
+        self._maybe_refresh()
         with self._lock:
             if self._registry_cache is None:
                 got = self._meta.get(where={"kind": "task"}, include=["metadatas"])
@@ -260,6 +327,7 @@ class TaskStore:
 
     def featurize(self, rep: str, texts: Sequence[str], dense: np.ndarray | None = None) -> np.ndarray:
         """Query vectors of representation ``rep`` (encodes ``texts`` unless ``dense`` is given)."""
+        self._maybe_refresh()  # a query must be featurised with the state the task vectors were built with
         representation = self._rep(rep)
         if getattr(representation, "fitted", True) is False:
             raise StoreError("the task store is empty: run `lorauter index --validation FILE` first")
@@ -370,6 +438,7 @@ class TaskStore:
                 metadatas=[{"kind": "task", **r.model_dump(exclude_none=True)} for r in chunk],
             )
         self._registry_cache = None
+        self._bump_version()
 
     def _rebuild_task_vectors(self) -> None:
         """Refit every representation on all examples and rewrite all task vectors.
@@ -382,6 +451,7 @@ class TaskStore:
             for col in self._task_cols.values():
                 if col.count():
                     col.delete(ids=col.get(include=[])["ids"])
+            self._bump_version()
             return
         order = np.argsort(np.asarray(got["ids"]), kind="stable")
         dense = np.asarray(got["embeddings"], dtype=np.float32)[order]
@@ -413,6 +483,7 @@ class TaskStore:
                 col.upsert(ids=ids[s:s + _BATCH], embeddings=vecs_arr[s:s + _BATCH], metadatas=metas[s:s + _BATCH])
             self._meta.upsert(ids=[_STATE_PREFIX + rep_name], embeddings=np.ones((1, 1), dtype=np.float32),
                               documents=[_encode_state(rep.state_dict())], metadatas=[{"kind": "state"}])
+        self._bump_version()
 
     @_wrap_chroma("remove a task")
     def remove(self, task: str) -> None:

@@ -37,19 +37,19 @@ class ExamplesRouter(Router):
     def __init__(self, store: TaskStore, task_to_adapter: Mapping[str, str] | None = None, *,
                  n: int = 100, top_p: float = 0.9):
         self.store, self.task_to_adapter, self.n, self.top_p = store, task_to_adapter, n, top_p
-        self.known = set(store.domains())
 
     def _route_batch(self, texts, *, exclude, known):
         sw = Stopwatch(len(texts))
         q = self.store.encode(texts)
         sw.lap("encode")
         hits = self.store.nearest_examples(q, self.n, exclude=exclude)
+        indexed = set(self.store.domains())  # per call: tasks another process indexed meanwhile count
         sw.lap("query")
         out = []
         for row in hits:
             scores: dict[str, float] = {}
             for task, d in row:
-                if task in self.known:  # examples of a half-indexed task are ignored
+                if task in indexed:  # examples of a half-indexed task are ignored
                     scores[task] = scores.get(task, 0.0) + math.exp(-d)
             kept = nucleus(scores, self.top_p) if scores else []
             tasks = [t for t, _ in kept]
