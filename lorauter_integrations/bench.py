@@ -73,14 +73,14 @@ class BenchConfig(BaseModel):
     task_scales: tuple[int, ...] = Field(default=(48, 1500, 10000), description="Tasks in the routing stores.")
     route_queries: int = Field(default=240, description="Test queries timed at every scale.")
     tokens: int = Field(default=32, description="New tokens per timed generation.")
-    gen_repeats: int = Field(default=7, description="Interleaved repetitions of the generation modes.")
+    gen_repeats: int = Field(default=5, description="Interleaved repetitions of the generation modes.")
     peft_generation: bool = Field(default=True, description="Also time naive PEFT generation.")
     batch_size: int = Field(default=8, description="Requests (and distinct routes) in the mixed batch.")
-    batch_repeats: int = Field(default=5, description="Repetitions of batched vs sequential.")
+    batch_repeats: int = Field(default=3, description="Repetitions of batched vs sequential.")
     compose_repeats: int = Field(default=20, description="Repetitions of each composition timing.")
     peft_repeats: int = Field(default=5, description="Repetitions of each naive PEFT merge.")
     noisy_pool_size: int = Field(default=1536, description="Adapters in the noisy pool.")
-    mapping_tasks: int = Field(default=3, description="Tasks mapped by successive halving in the noisy pool.")
+    mapping_tasks: int = Field(default=1, description="Tasks mapped by successive halving in the noisy pool.")
     mapping_start_examples: int = 1
     mapping_max_examples: int = 8
     mapping_keep: float = 0.25
@@ -198,8 +198,8 @@ def build_scaled_stores(client, tasks, scales: Sequence[int], rep: str, seed: in
 
     Idempotent, so a persistent ``client`` keeps the stores between runs. The stores share the
     process-wide encoder while indexing: its text cache encodes the validation inputs only once.
-    Returns ``{scale: (store, task_names, task_vectors)}``: every vector the store holds, for an
-    exact search to check the store's approximate (HNSW) answers against.
+    Returns ``{scale: (store, record_tasks, record_vectors)}``: every vector the store holds, for
+    an exact search to check the store's approximate (HNSW) answers against.
     """
     from .store import TaskStore
 
@@ -226,7 +226,10 @@ def build_scaled_stores(client, tasks, scales: Sequence[int], rep: str, seed: in
             t0 = time.perf_counter()
             store.add_task_vectors(rep, names, synthetic, domains=["synthetic"] * extra)
             log(f"store of {n} tasks: {extra} synthetic task vectors written in {time.perf_counter() - t0:.1f} s")
-        stores[n] = (store, [t.task for t in tasks] + names, np.concatenate([protos, synthetic]))
+        # Every record as stored (a task may keep several prototypes), read back through the
+        # collection layout documented in `store` ("{name}-tasks-{rep}").
+        got = client.get_collection(f"{store.name}-tasks-{rep}").get(include=["embeddings", "metadatas"])
+        stores[n] = (store, [m["task"] for m in got["metadatas"]], np.asarray(got["embeddings"], dtype=np.float32))
     return stores
 
 
@@ -519,7 +522,10 @@ def bench_noisy_pool(loaded, demo_pool, task_sets, test_examples, store, cfg: Be
     chosen = [t.task for t in by_len[: cfg.mapping_tasks]]
     halving = HalvingConfig(start_examples=cfg.mapping_start_examples, max_examples=cfg.mapping_max_examples,
                             keep=cfg.mapping_keep)
-    result = map_adapters(task_sets, built.path, base_model=loaded, config=halving, tasks=chosen, write=False,
+    # Shortest examples first: the early rounds, which score every candidate, stay cheap.
+    shortest_first = [t.model_copy(update={"examples": sorted(t.examples, key=lambda e: len(e.inputs) + len(e.targets or ""))})
+                      for t in task_sets if t.task in chosen]
+    result = map_adapters(shortest_first, built.path, base_model=loaded, config=halving, tasks=chosen, write=False,
                           progress=progress)
     per_pair_s = result.seconds / max(1, result.evaluations)
     examples_per_task = statistics.median(len(t.examples) for t in task_sets)
