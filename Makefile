@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: setup demo test test-fast bench eval clean
+.PHONY: setup demo test test-fast bench eval-routing clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,14 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not server"
+
+# The routing table in README.md.
+eval-routing: setup
+	$(BIN)/lorauter eval-routing --validation data/flan/validation.jsonl --test data/flan/test_dev.jsonl --strategy all --both
+
+# BENCHMARKS.md figures (one process; see BENCHMARKS.md for the --quick preset).
+bench: setup
+	$(BIN)/lorauter bench --json --plot results/bench
 
 clean:
 	rm -rf $(VENV) .cache
