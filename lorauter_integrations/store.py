@@ -68,9 +68,12 @@ class IndexReport:
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    #: Task vectors were rebuilt because the store's were made by an older recipe.
+    refitted: bool = False
 
     def __str__(self) -> str:
-        return f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged"
+        text = f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged"
+        return text + ("; task vectors rebuilt with this version's representation" if self.refitted else "")
 
 
 def _content_hash(ts: TaskSet) -> str:
@@ -410,6 +413,9 @@ class TaskStore:
                     todo.append((ts, h))
                     (report.updated if old is not None else report.added).append(ts.task)
             if not todo:
+                if self._representations_outdated():
+                    self._rebuild_task_vectors()
+                    report.refitted = True
                 return report
             self._stamp_encoder()
             bar = tqdm(todo, desc="indexing tasks", unit="task", disable=not progress)
@@ -440,6 +446,17 @@ class TaskStore:
         self._registry_cache = None
         self._bump_version()
 
+    def _representations_outdated(self) -> bool:
+        """Whether a stored representation was fitted with other knobs than this version's defaults.
+
+        Re-indexing unchanged data is a no-op, except that task vectors built by an older recipe
+        (e.g. plain means before discriminant prototypes) are rebuilt from the stored examples.
+        """
+        if not self._examples.count():
+            return False
+        return any(getattr(rep, "config", None) != getattr(make_representation(name), "config", None)
+                   for name, rep in self.representations.items())
+
     def _rebuild_task_vectors(self) -> None:
         """Refit every representation on all examples and rewrite all task vectors.
 
@@ -460,7 +477,9 @@ class TaskStore:
         task_of = [m["task"] for m in mds]
         domains = [m.get("domain") or None for m in mds]
         domain_of = dict(zip(task_of, domains))
-        for rep_name, rep in self.representations.items():
+        for rep_name in list(self.representations):
+            # Always this version's recipe: a state loaded from the store may be an older one.
+            rep = self.representations[rep_name] = make_representation(rep_name)
             rep.fit(texts, dense, task_of, domains)
             feats = rep.featurize(texts, dense)
             ids, vecs, metas = [], [], []

@@ -10,6 +10,7 @@ from lorauter_integrations.representations import (
     DEFAULT_REPRESENTATION,
     HybridRepresentation,
     PaperRepresentation,
+    RidgeCovarianceInverse,
     TaskRepresentation,
     make_representation,
     representation_from_state,
@@ -178,3 +179,78 @@ def test_paper_representation_rejects_dense_vectors_of_another_width(corpus):
     rep = PaperRepresentation().fit(texts, dense, tasks)
     with pytest.raises(InvalidInputError, match="encoder"):
         rep.featurize(["hello"], np.ones((1, DIM + 1), dtype=np.float32))
+
+
+@pytest.mark.parametrize("n", [6, 40])  # fewer residual rows than features (Woodbury) and more (primal)
+def test_ridge_covariance_inverse_equals_the_explicit_inverse(n):
+    rng = np.random.default_rng(n)
+    resid = rng.normal(size=(n, 12)) * np.linspace(3.0, 0.1, 12)
+    solver = RidgeCovarianceInverse(resid, ridge=0.5)
+    lam = 0.5 * (resid**2).sum() / (n * 12)
+    explicit = np.linalg.inv(resid.T @ resid / n + lam * np.eye(12))
+    m = rng.normal(size=(3, 12))
+    np.testing.assert_allclose(solver.solve(m), m @ explicit, rtol=1e-4, atol=1e-5)
+
+
+def test_task_vectors_are_the_unit_discriminant_directions_of_the_task_means(corpus):
+    texts, dense, tasks, domains = corpus
+    rep = HybridRepresentation(lexical_dim=256, discriminant_ridge=2.0).fit(texts, dense, tasks, domains)
+    feats = rep.featurize(texts, dense).astype(np.float64)
+    mask = np.array(tasks)
+    resid = feats - np.vstack([feats[mask == t].mean(0) for t in tasks])
+    lam = 2.0 * (resid**2).sum() / resid.size
+    s_w = resid.T @ resid / len(resid) + lam * np.eye(rep.dim)
+    mean = unit_rows(feats[mask == "sentiment"].mean(0, keepdims=True))
+    expected = unit_rows(np.linalg.solve(s_w, mean.T).T)
+    np.testing.assert_allclose(rep.task_vectors(feats[mask == "sentiment"]), expected, atol=1e-4)
+    plain = HybridRepresentation(lexical_dim=256, discriminant_ridge=None).fit(texts, dense, tasks, domains)
+    np.testing.assert_allclose(plain.task_vectors(feats[mask == "sentiment"]), mean, atol=1e-6)
+
+
+def test_discriminant_prototypes_separate_tasks_that_share_their_instructions():
+    # Two tasks with the same template whose texts differ only in a small, consistent content
+    # direction (as mnli matched / mismatched do): the topic noise drowns the plain means, the
+    # discriminant direction discounts it.
+    rng = np.random.default_rng(3)
+    dim, per_task = 32, 30
+    basis = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    content, style = basis[:, :4].T, basis[:, 4:].T  # topics vary along 4 directions, tasks differ in others
+
+    def rows(names):
+        topic = rng.normal(size=(len(names), 4)) @ content * 3.0
+        offset = {"matched": style[0] * 0.6, "mismatched": style[1] * 0.6}
+        return unit_rows(topic + np.array([offset[t] for t in names]) + 0.05 * rng.normal(size=(len(names), dim)))
+
+    tasks = ["matched"] * per_task + ["mismatched"] * per_task
+    dense = rows(tasks)
+    texts = ["Premise: something. Hypothesis: something else. Does it follow?"] * len(tasks)
+    q_tasks = ["matched", "mismatched"] * 100
+    q_dense = rows(q_tasks)
+    q_texts = texts[:1] * len(q_tasks)
+
+    def accuracy(rep):
+        names, protos = prototypes(rep.fit(texts, dense, tasks, None), texts, dense, tasks)
+        picked = [names[i] for i in (rep.featurize(q_texts, q_dense) @ protos.T).argmax(1)]
+        return np.mean([p == t for p, t in zip(picked, q_tasks)])
+
+    plain = accuracy(HybridRepresentation(lexical_dim=64, whitening_shrinkage=None, discriminant_ridge=None))
+    disc = accuracy(HybridRepresentation(lexical_dim=64, whitening_shrinkage=None, discriminant_ridge=0.5))
+    assert disc > plain + 0.1, (plain, disc)
+
+
+def test_a_representation_loaded_from_state_featurises_but_cannot_build_task_vectors(hybrid, corpus):
+    texts, dense, _, _ = corpus
+    restored = representation_from_state(hybrid.state_dict())
+    np.testing.assert_array_equal(restored.featurize(texts, dense), hybrid.featurize(texts, dense))
+    with pytest.raises(StoreError, match="fit"):
+        restored.task_vectors(hybrid.featurize(texts[:3], dense[:3]))
+
+
+def test_a_state_written_before_discriminant_prototypes_reads_as_plain_means(hybrid):
+    import json
+
+    state = hybrid.state_dict()
+    meta = json.loads(str(state["meta"]))
+    del meta["config"]["discriminant_ridge"]
+    state["meta"] = np.array(json.dumps(meta))
+    assert representation_from_state(state).config.discriminant_ridge is None

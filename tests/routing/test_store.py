@@ -122,3 +122,48 @@ def test_tasks_are_validated_before_anything_is_written(fresh_store):
     ok = TaskSet(task="tiny", domain="d", examples=[Example(task="tiny", inputs="a b c")])
     fresh_store.index([ok], progress=False)
     assert "tiny" in fresh_store
+
+
+def _task_vectors(store, rep="hybrid"):
+    got = store.client.get_collection(f"{store.name}-tasks-{rep}").get(include=["embeddings"])
+    order = np.argsort(got["ids"])
+    return [got["ids"][i] for i in order], np.asarray(got["embeddings"])[order]
+
+
+def test_reindexing_a_store_built_by_an_older_recipe_rebuilds_its_task_vectors(tmp_path, flan_tasks):
+    import json
+
+    from lorauter_integrations.representations import HybridRepresentation
+    from lorauter_integrations.store import _STATE_PREFIX, _encode_state
+
+    tasks = flan_tasks[:4]
+    store = TaskStore(tmp_path / "s")
+    store.index(tasks, progress=False)
+    ids, current = _task_vectors(store)
+    # Make it look like a store written before discriminant prototypes: plain-mean task vectors
+    # and a state without the knob.
+    old = HybridRepresentation(discriminant_ridge=None)
+    got = store._examples.get(include=["embeddings", "metadatas", "documents"])
+    old.fit(got["documents"], np.asarray(got["embeddings"]), [m["task"] for m in got["metadatas"]],
+            [m["domain"] for m in got["metadatas"]])
+    state = old.state_dict()
+    meta = json.loads(str(state["meta"]))
+    del meta["config"]["discriminant_ridge"]
+    state["meta"] = np.array(json.dumps(meta))
+    store._meta.upsert(ids=[_STATE_PREFIX + "hybrid"], embeddings=np.ones((1, 1), dtype=np.float32),
+                       documents=[_encode_state(state)], metadatas=[{"kind": "state"}])
+    feats = old.featurize(got["documents"], np.asarray(got["embeddings"]))
+    by_task = {t.task: [i for i, m in enumerate(got["metadatas"]) if m["task"] == t.task] for t in tasks}
+    store.client.get_collection(f"{store.name}-tasks-hybrid").upsert(
+        ids=[f"{t}/0" for t in by_task], embeddings=np.vstack([old.task_vectors(feats[i]) for i in by_task.values()]))
+    _, stale = _task_vectors(store)
+    assert not np.allclose(stale, current, atol=1e-3)
+
+    reopened = TaskStore(tmp_path / "s")
+    report = reopened.index(tasks, progress=False)
+    assert report.refitted and sorted(report.unchanged) == sorted(t.task for t in tasks)
+    assert "rebuilt" in str(report)
+    ids_after, rebuilt = _task_vectors(reopened)
+    assert ids_after == ids
+    np.testing.assert_allclose(rebuilt, current, atol=1e-5)
+    assert not reopened.index(tasks, progress=False).refitted
