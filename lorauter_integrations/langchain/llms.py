@@ -9,12 +9,16 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import LLM
 from langchain_core.language_models.llms import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from langchain_core.runnables.config import run_in_executor
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import get_config_list, run_in_executor
 from pydantic import ConfigDict, Field, model_validator
 
 from ..engine import RoutedModel
 from .overrides import METADATA_KEY, override_from_metadata, resolve_route
 from .streaming import iterate_in_thread
+
+
+_OVERRIDES_KW = "lorauter_overrides"
 
 
 class LoRAuterLLM(LLM):
@@ -23,9 +27,8 @@ class LoRAuterLLM(LLM):
     Each generation's route is in ``generation_info["lorauter"]``; ``llm_output["lorauter"]``
     holds the route (one prompt) or the list of routes (several). ``batch``/``abatch`` and
     ``generate`` over many prompts make ONE engine call. Per-call overrides come from
-    ``config={"metadata": {"lorauter": {...}}}`` (see `RoutingOverride`); LangChain hands the
-    model the first run's metadata for a whole batch, so in a batch the override of the first
-    config applies to every prompt.
+    ``config={"metadata": {"lorauter": {...}}}`` (see `RoutingOverride`); in ``batch``/``abatch``
+    with a list of configs each prompt gets its own config's override.
 
     Example:
         .. code-block:: python
@@ -92,9 +95,49 @@ class LoRAuterLLM(LLM):
             "seed": kwargs.get("seed", self.seed),
         }
 
-    def _routes(self, prompts: list[str], run_manager) -> list:
-        override = override_from_metadata(run_manager.metadata if run_manager is not None else None)
-        return [resolve_route(self.engine, p, override, strategy=self.strategy) for p in prompts]
+    def _routes(self, prompts: list[str], run_manager, per_prompt: list[Any] | None = None) -> list:
+        """One route per prompt: its own override (``batch``) or the run's, else the router."""
+        if per_prompt is not None and len(per_prompt) == len(prompts):
+            overrides = [override_from_metadata({METADATA_KEY: value}) for value in per_prompt]
+        else:
+            run_override = override_from_metadata(run_manager.metadata if run_manager is not None else None)
+            overrides = [run_override] * len(prompts)
+        return [resolve_route(self.engine, p, o, strategy=self.strategy) for p, o in zip(prompts, overrides)]
+
+    # LangChain's BaseLLM.batch hands `_generate` only the FIRST run's manager (and metadata), so
+    # the per-input overrides travel as a keyword argument, which `generate` forwards to `_generate`.
+    @staticmethod
+    def _with_overrides(inputs: list[Any], config, kwargs: dict[str, Any]) -> dict[str, Any]:
+        configs = get_config_list(config, len(inputs))
+        values = [(c.get("metadata") or {}).get(METADATA_KEY) for c in configs]
+        kwargs = {k: v for k, v in kwargs.items() if k != _OVERRIDES_KW}
+        if any(v is not None for v in values):
+            kwargs[_OVERRIDES_KW] = values
+        return kwargs
+
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Many prompts in one engine call; each routed with its own config's override."""
+        kwargs = self._with_overrides(inputs, config, kwargs)
+        return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    async def abatch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Async `batch`: one engine call in a worker thread; per-prompt overrides."""
+        kwargs = self._with_overrides(inputs, config, kwargs)
+        return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
 
     def _generate(
         self,
@@ -103,7 +146,7 @@ class LoRAuterLLM(LLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        routes = self._routes(prompts, run_manager)
+        routes = self._routes(prompts, run_manager, kwargs.pop(_OVERRIDES_KW, None))
         results = self.engine.generate(prompts, routes, **self._generation_kwargs(stop, kwargs))
         generations = [
             [Generation(text=r.text, generation_info={

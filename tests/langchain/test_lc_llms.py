@@ -55,3 +55,23 @@ async def test_async_batch_is_one_engine_call(llm, tiny_engine, monkeypatch):
 def test_prompt_template_chain(llm):
     chain = PromptTemplate.from_template("Translate to French: {text}") | llm
     assert isinstance(chain.invoke({"text": "the cat"}), str)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_batch_routes_each_prompt_with_its_own_configs_override(llm, tiny_engine, monkeypatch, use_async):
+    handler = LoRAuterCallbackHandler()
+    configs = [
+        {"callbacks": [handler], "metadata": {"lorauter": {"adapters": ["c"]}}},
+        {"callbacks": [handler], "metadata": {"lorauter": {"strategy": "base"}}},
+        {"callbacks": [handler]},
+    ]
+    prompts = [TRANSLATION, TRANSLATION, SENTIMENT]
+    alone = [llm.invoke(p, config=c) for p, c in zip(prompts, configs)]
+    expected = [r.route.adapters for r in handler.records]
+    assert expected[0] == ["c"] and expected[1] == [] and expected[2] not in (["c"], [])
+    handler.records.clear()
+    calls = count_engine_calls(monkeypatch, tiny_engine)
+    out = await llm.abatch(prompts, config=configs) if use_async else llm.batch(prompts, config=configs)
+    assert calls == [3]
+    assert out == alone
+    assert sorted(map(tuple, (r.route.adapters for r in handler.records))) == sorted(map(tuple, expected))
