@@ -35,6 +35,8 @@ from pydantic import BaseModel, Field
 
 __all__ = [
     "ParsedToolCalls",
+    "ToolPlan",
+    "plan_tool_use",
     "normalize_tool_spec",
     "parse_json",
     "parse_tool_calls",
@@ -139,6 +141,38 @@ def render_call_prefix(tool: Mapping[str, Any] | None = None) -> str:
     if not (spec["parameters"].get("properties") or {}):
         return head + "{}}"  # nothing to fill in: the call is complete
     return head + render_json_prefix(spec["parameters"])
+
+
+class ToolPlan(BaseModel):
+    """How one request offers tools to a model whose chat template has none (both frameworks)."""
+
+    names: list[str] = Field(description="The offered tools' names, in order.")
+    prompt: str = Field(description="The system-message text describing the tools and the call format.")
+    forced: str | None = Field(default=None, description="The tool the model must call, when one is forced.")
+    prefill: str = Field(default="", description="The opening of the reply written for the model "
+                         "(a required call is started for it; parse prefill + generated text).")
+    stop: list[str] = Field(default_factory=list, description="Stop sequences to add ('</tool_call>' when primed).")
+
+
+def plan_tool_use(tools: Sequence[Mapping[str, Any]], tool_choice: str | None = "auto") -> ToolPlan | None:
+    """What to tell and prime the model with for ``tools`` under ``tool_choice``; None without tools.
+
+    ``tool_choice``: ``"auto"``, ``"none"``, ``"any"``/``"required"`` (some call is required; with
+    one tool that tool is forced) or a tool name (forced). A required call is started for the
+    model (small models complete a started call far more reliably than they start one).
+    """
+    choice = tool_choice or "auto"
+    if not tools or choice == "none":
+        return None
+    names = [normalize_tool_spec(t)["name"] for t in tools]
+    must_call = choice in ("any", "required")
+    forced = choice if choice in names else (names[0] if must_call and len(names) == 1 else None)
+    if forced:
+        prefill = render_call_prefix(tools[names.index(forced)])
+    else:
+        prefill = render_call_prefix() if must_call else ""
+    return ToolPlan(names=names, prompt=render_tools_prompt(list(tools), choice), forced=forced,
+                    prefill=prefill, stop=["</tool_call>"] if prefill else [])
 
 
 def render_json_prefix(schema: Mapping[str, Any] | None) -> str:

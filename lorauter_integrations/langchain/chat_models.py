@@ -44,14 +44,13 @@ from ..errors import InvalidInputError
 from ..routing.route import Route
 from ..tool_calls import (
     normalize_tool_spec,
+    plan_tool_use,
     parse_json,
     parse_tool_calls,
-    render_call_prefix,
     render_json_prefix,
     render_json_template,
     render_tool_call,
     render_tool_result,
-    render_tools_prompt,
 )
 from .overrides import METADATA_KEY, override_from_metadata, resolve_route
 from .streaming import iterate_in_thread
@@ -386,19 +385,12 @@ class ChatLoRAuter(BaseChatModel):
         )
         chat = messages_to_chat(messages)
         stops = [*(self.stop or []), *(stop or [])]
-        tools = kwargs.get("tools") or []
-        choice = kwargs.get("tool_choice")
-        names = [normalize_tool_spec(t)["name"] for t in tools] if choice != "none" else []
-        forced = choice if choice in names else (names[0] if choice == "any" and len(names) == 1 else None)
-        prefill, instructions = "", []
-        if names:
-            instructions.append(render_tools_prompt(tools, choice or "auto"))
-            if forced:
-                prefill = render_call_prefix(tools[names.index(forced)])
-            elif choice == "any":
-                prefill = render_call_prefix()
-            if prefill:
-                stops.append("</tool_call>")
+        plan = plan_tool_use(kwargs.get("tools") or [], kwargs.get("tool_choice"))
+        names, forced, prefill, instructions = [], None, "", []
+        if plan is not None:
+            names, forced, prefill = plan.names, plan.forced, plan.prefill
+            instructions.append(plan.prompt)
+            stops.extend(plan.stop)
         response_format = kwargs.get("response_format")
         if response_format:
             schema = response_format.get("schema")

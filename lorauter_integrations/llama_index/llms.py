@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -38,7 +37,7 @@ from llama_index.core.prompts import BasePromptTemplate
 
 from ..errors import InvalidInputError, ToolCallError
 from ..routing.route import Route
-from ..tool_calls import parse_tool_calls, render_tool_call, render_tool_result, render_tools_prompt
+from ..tool_calls import parse_tool_calls, plan_tool_use, render_tool_call, render_tool_result
 from .context import RoutingInput, RoutingSource, current_routing_text, record_route, route_on, select_routing_text
 from .events import LoRAuterRouteEvent
 
@@ -229,25 +228,15 @@ class LoRAuterLLM(FunctionCallingLLM):
         chat = [_to_engine_message(m) for m in messages]
         generation = self._generation_kwargs(kwargs)
         tools = tuple(kwargs.get("tools") or ())
-        choice = kwargs.get("tool_choice") or "auto"
-        if not tools or choice == "none":
+        plan = plan_tool_use(tools, kwargs.get("tool_choice"))
+        if plan is None:
             return _Request(prompt=chat, route=route, generation=generation)
-        names = [_tool_name(t) for t in tools]
-        must_call = choice in ("any", "required")
-        forced = choice if choice in names else (names[0] if must_call and len(names) == 1 else None)
-        chat = _with_tools_prompt(chat, render_tools_prompt(list(tools), choice))
-        # A required call is started for the model (it continues our assistant turn): a small
-        # model then writes the arguments instead of chatting about the tool.
-        prefill = ""
-        if forced:
-            prefill = f'<tool_call>\n{{"name": {json.dumps(forced)}, "arguments": {_arguments_opening(tools, forced)}'
-        elif must_call:
-            prefill = '<tool_call>\n{"name": "'
-        if prefill:
-            chat = [*chat, {"role": "assistant", "content": prefill}]
-            generation["stop"] = [*(generation["stop"] or []), "</tool_call>"]
+        chat = _with_tools_prompt(chat, plan.prompt)
+        if plan.prefill:  # the model continues our started assistant turn
+            chat = [*chat, {"role": "assistant", "content": plan.prefill}]
+            generation["stop"] = [*(generation["stop"] or []), *plan.stop]
         return _Request(
-            prompt=chat, route=route, generation=generation, tools=tools, forced_tool=forced, prefill=prefill
+            prompt=chat, route=route, generation=generation, tools=tools, forced_tool=plan.forced, prefill=plan.prefill
         )
 
     # -- responses -----------------------------------------------------------------------------
@@ -437,15 +426,6 @@ def _declared_arguments(tools: Sequence[Mapping[str, Any]], call: Mapping[str, A
     if not declared or params.get("additionalProperties", False) is not False:
         return dict(call["args"])
     return {k: v for k, v in call["args"].items() if k in declared}
-
-
-def _arguments_opening(tools: Sequence[Mapping[str, Any]], name: str) -> str:
-    """How a forced call's arguments start: ``{"<first parameter>": `` (small models otherwise
-    tend to copy the JSON schema), or ``{`` for a tool without parameters."""
-    spec = next(t.get("function", t) for t in tools if _tool_name(t) == name)
-    params = spec.get("parameters") or {}
-    names = [*params.get("required", []), *(params.get("properties") or {})]
-    return "{" + (f"{json.dumps(names[0])}: " if names else "")
 
 
 def _to_engine_message(message: ChatMessage) -> dict[str, str]:

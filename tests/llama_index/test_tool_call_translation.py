@@ -5,8 +5,9 @@ from __future__ import annotations
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
 from llama_index.core.tools import FunctionTool
 
+from lorauter_integrations.tool_calls import plan_tool_use
+
 from lorauter_integrations.llama_index.llms import (
-    _arguments_opening,
     _declared_arguments,
     _to_engine_message,
     _with_tools_prompt,
@@ -47,9 +48,15 @@ def test_tool_descriptions_join_the_existing_system_message():
     assert _with_tools_prompt(chat[1:], "TOOLS")[0] == {"role": "system", "content": "TOOLS"}
 
 
-def test_a_forced_call_starts_with_the_first_required_argument():
-    assert _arguments_opening(TOOLS, "multiply") == '{"a": '
-    assert _arguments_opening(TOOLS, "now") == "{"
+def test_a_required_call_is_started_for_the_model_up_to_its_first_argument():
+    forced = plan_tool_use(TOOLS, "multiply")
+    assert forced.forced == "multiply" and forced.stop == ["</tool_call>"]
+    assert forced.prefill == '<tool_call>\n{"name": "multiply", "arguments": {"a": '
+    assert plan_tool_use(TOOLS[1:], "required").prefill.endswith('"name": "now", "arguments": {}}')
+    assert plan_tool_use(TOOLS, "required").prefill == '<tool_call>\n{"name": "'
+    auto = plan_tool_use(TOOLS, "auto")
+    assert auto.forced is None and auto.prefill == "" and auto.stop == [] and "multiply" in auto.prompt
+    assert plan_tool_use(TOOLS, "none") is None and plan_tool_use([], "auto") is None
 
 
 def test_schema_words_copied_into_the_arguments_are_dropped():
