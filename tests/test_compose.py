@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lorauter_integrations.compose import Composer, CompositionConfig, compose_factors
+from lorauter_integrations.compose import Composer, CompositionConfig, PackedLinears, compose_factors
 from lorauter_integrations.errors import CompositionError
 from lorauter_integrations.pool import AdapterPool
 from lorauter_integrations.routing.route import Route
@@ -33,10 +33,18 @@ def _direct_delta(folder, module):
     return cfg["lora_alpha"] / cfg["r"] * t[f"{key}.lora_B.weight"] @ t[f"{key}.lora_A.weight"]
 
 
-@pytest.fixture
-def setup(tiny_pool_dir, tiny_loaded):
+@pytest.fixture(params=[False, True], ids=["hooks", "packed"])
+def setup(request, tiny_pool_dir, tiny_loaded):
+    """A composer applying deltas by forward hooks, and one running the linears on oneDNN-packed weights."""
+    if request.param and not PackedLinears.supports(tiny_loaded.model):
+        pytest.skip("this torch build has no oneDNN packed linear kernels")
     pool = AdapterPool.from_dir(tiny_pool_dir).bind(tiny_loaded.model, tiny_loaded.base_model_id)
-    return tiny_loaded.model, pool, Composer(tiny_loaded.model, pool)
+    return tiny_loaded.model, pool, Composer(tiny_loaded.model, pool, prepack=request.param)
+
+
+def _patches(model) -> int:
+    """Forward hooks and instance-level forward overrides on the model's modules."""
+    return sum(len(m._forward_hooks) + ("forward" in m.__dict__) for m in model.modules())
 
 
 def _logits(model, ids):
@@ -109,15 +117,54 @@ def test_rows_with_different_compositions_match_each_row_alone(setup):
         torch.testing.assert_close(batched[row : row + 1], alone, atol=1e-5, rtol=0)
 
 
-def test_restore_removes_every_hook(setup):
+def test_restore_removes_every_hook_and_forward_override(setup):
     model, pool, composer = setup
     comp = composer.composition(_route(["a", "c"], [0.5, 0.5]))
-    for activate in (lambda: composer.activate(comp), lambda: composer.activate_rows([comp, None])):
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    for activate in (lambda: composer.activate(comp), lambda: composer.activate_rows([comp, None]),
+                     lambda: composer.activate(comp, merge=True)):
         act = activate()
-        assert sum(len(m._forward_hooks) for m in model.modules()) == len(comp.modules)
+        # hooks: one per adapted module; packed: every linear layer runs on packed weights
+        assert _patches(model) == (linears if composer.packed else 0 if act._swapped else len(comp.modules))
         act.restore()
-        assert all(not m._forward_hooks for m in model.modules())
+        assert _patches(model) == 0
     assert not composer.active
+
+
+def test_packed_linears_compute_what_nn_linear_computes(tiny_loaded, tiny_pool_dir):
+    model = tiny_loaded.model
+    if not PackedLinears.supports(model):
+        pytest.skip("this torch build has no oneDNN packed linear kernels")
+    pool = AdapterPool.from_dir(tiny_pool_dir).bind(model, tiny_loaded.base_model_id)
+    composer = Composer(model, pool, prepack=True)
+    ids = torch.randint(0, model.config.vocab_size, (3, 11), generator=torch.Generator().manual_seed(2))
+    plain = _logits(model, ids)
+    with composer.activate(None):
+        packed = _logits(model, ids)
+    torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_a_replaced_weight_tensor_is_repacked_not_served_stale(tiny_loaded, tiny_pool_dir):
+    model = copy.deepcopy(tiny_loaded.model)
+    if not PackedLinears.supports(model):
+        pytest.skip("this torch build has no oneDNN packed linear kernels")
+    pool = AdapterPool.from_dir(tiny_pool_dir).bind(model, tiny_loaded.base_model_id)
+    composer = Composer(model, pool, prepack=True)
+    ids = torch.arange(10)[None]
+    module = model.get_submodule(MODULES[0])
+    module.weight.data = module.weight.data * 2  # another tensor: the packed copy is out of date
+    plain = _logits(model, ids)
+    with composer.activate(None):
+        packed = _logits(model, ids)
+    torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_prepack_true_on_an_unsupported_model_is_refused(tiny_loaded, tiny_pool_dir):
+    model = copy.deepcopy(tiny_loaded.model).to(torch.float16)
+    pool = AdapterPool.from_dir(tiny_pool_dir).bind(model, tiny_loaded.base_model_id)
+    with pytest.raises(CompositionError, match="prepack=True needs"):
+        Composer(model, pool, prepack=True)
+    assert Composer(model, pool).packed is None  # automatic: off, plain nn.Linear
 
 
 def test_second_activation_without_restore_is_refused(setup):

@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from lorauter_integrations.compose import PackedLinears
 from lorauter_integrations.engine import Generation, RoutedModel
 from lorauter_integrations.errors import InvalidInputError, UnknownAdapterError
 from lorauter_integrations.pool import AdapterPool
@@ -28,9 +29,12 @@ def _r(adapters, weights=None):
 ROUTES = [_r(["a"]), _r(["b", "c"], [0.6, 0.4]), Route(strategy="base", fallback=True), _r(["a", "b", "c"])]
 
 
-@pytest.fixture
-def engine(tiny_loaded, tiny_pool_dir):
-    return RoutedModel(tiny_loaded, pool=AdapterPool.from_dir(tiny_pool_dir))
+@pytest.fixture(params=[False, True], ids=["nn_linear", "packed"])
+def engine(request, tiny_loaded, tiny_pool_dir):
+    """The engine with plain ``nn.Linear`` layers, and with oneDNN-packed ones (the CPU default)."""
+    if request.param and not PackedLinears.supports(tiny_loaded.model):
+        pytest.skip("this torch build has no oneDNN packed linear kernels")
+    return RoutedModel(tiny_loaded, pool=AdapterPool.from_dir(tiny_pool_dir), prepack=request.param)
 
 
 def test_mixed_route_batch_equals_each_item_run_alone(engine):
@@ -61,7 +65,7 @@ def test_generation_leaves_base_weights_bit_identical(engine):
     engine.generate(PROMPTS, ROUTES, max_new_tokens=4)  # per-row path
     after = engine.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(not m._forward_hooks for m in engine.model.modules())
+    assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in engine.model.modules())
 
 
 def test_usage_and_length_finish_reason(engine):
