@@ -37,9 +37,9 @@ from langchain_core.runnables.config import get_config_list, run_in_executor
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel
 
-from ..engine import Generation, RoutedModel
+from ..engine import Generation
 from ..errors import InvalidInputError
 from ..routing.route import Route
 from ..tool_calls import (
@@ -52,6 +52,7 @@ from ..tool_calls import (
     render_tool_call,
     render_tool_result,
 )
+from ._params import RoutedModelParams
 from .overrides import METADATA_KEY, override_from_metadata, resolve_route
 from .streaming import iterate_in_thread
 
@@ -59,7 +60,7 @@ RoutingInput = Literal["last_human", "conversation", "system_and_last_human"]
 _RUN_ID_PREFIX = "lc_run-"  # what langchain-core gives the messages it ids itself
 
 
-class ChatLoRAuter(BaseChatModel):
+class ChatLoRAuter(RoutedModelParams, BaseChatModel):
     """Chat model over a `RoutedModel`: each call is routed to LoRA adapters, then generated.
 
     The route (which tasks matched, which adapters with which weights) is in
@@ -88,35 +89,11 @@ class ChatLoRAuter(BaseChatModel):
     with the call's opening, which small models then complete far more reliably.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
-
-    engine: RoutedModel = Field(exclude=True, repr=False)
-    """The routed local model (``RoutedModel.demo()`` for the bundled one)."""
-    model_name: str | None = Field(default=None, alias="model")
-    """Name shown in metadata and traces (default: the engine's base model id)."""
-    max_tokens: int = 256
-    """Maximum number of tokens to generate."""
-    temperature: float = 0.0
-    """Sampling temperature; 0 is greedy decoding."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (with temperature > 0)."""
-    seed: int | None = None
-    """Sampling seed, for reproducible sampled outputs."""
-    stop: list[str] | None = None
-    """Stop sequences applied to every call (merged with the call's own)."""
     streaming: bool = False
     """Use streaming under ``invoke`` too (tokens reach callbacks as they are decoded)."""
     routing_input: RoutingInput = "last_human"
     """What the router reads: the last human message, the whole conversation, or the system
     prompt plus the last human message."""
-    strategy: str | None = None
-    """Routing strategy (None: the engine's default, ``lorauter``)."""
-
-    @model_validator(mode="after")
-    def _default_model_name(self) -> "ChatLoRAuter":
-        if self.model_name is None:
-            self.model_name = str(getattr(self.engine, "model_name", "") or "lorauter")
-        return self
 
     # ------------------------------------------------------------------ LangChain plumbing
     @property
@@ -125,14 +102,7 @@ class ChatLoRAuter(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {
-            "model_name": self.model_name,
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "routing_input": self.routing_input,
-            "strategy": self.strategy or getattr(self.engine, "strategy", None),
-        }
+        return {**self._params_identity(), "routing_input": self.routing_input}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
@@ -384,7 +354,7 @@ class ChatLoRAuter(BaseChatModel):
             self.engine, self.routing_text(messages), override_from_metadata(metadata), strategy=self.strategy
         )
         chat = messages_to_chat(messages)
-        stops = [*(self.stop or []), *(stop or [])]
+        stops = list(stop or [])  # the model's own stops are merged in by _generation_kwargs
         plan = plan_tool_use(kwargs.get("tools") or [], kwargs.get("tool_choice"))
         names, forced, prefill, instructions = [], None, "", []
         if plan is not None:
@@ -400,13 +370,7 @@ class ChatLoRAuter(BaseChatModel):
             chat = _with_system(chat, "\n\n".join(instructions))
         if prefill:
             chat = [*chat, {"role": "assistant", "content": prefill}]
-        generation_kwargs = {
-            "max_new_tokens": int(kwargs.get("max_tokens", self.max_tokens)),
-            "temperature": float(kwargs.get("temperature", self.temperature)),
-            "top_p": float(kwargs.get("top_p", self.top_p)),
-            "stop": list(dict.fromkeys(stops)) or None,
-            "seed": kwargs.get("seed", self.seed),
-        }
+        generation_kwargs = self._generation_kwargs(stops, kwargs)
         return _Request(chat=chat, route=route, prefill=prefill, tool_names=names, forced_tool=forced,
                         json_output=bool(response_format), generation_kwargs=generation_kwargs)
 

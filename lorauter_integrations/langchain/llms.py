@@ -11,9 +11,7 @@ from langchain_core.language_models.llms import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list, run_in_executor
-from pydantic import ConfigDict, Field, model_validator
-
-from ..engine import RoutedModel
+from ._params import RoutedModelParams
 from .overrides import METADATA_KEY, override_from_metadata, resolve_route
 from .streaming import iterate_in_thread
 
@@ -21,7 +19,7 @@ from .streaming import iterate_in_thread
 _OVERRIDES_KW = "lorauter_overrides"
 
 
-class LoRAuterLLM(LLM):
+class LoRAuterLLM(RoutedModelParams, LLM):
     """Completion model over a `RoutedModel`: each prompt is routed on its text, then generated.
 
     Each generation's route is in ``generation_info["lorauter"]``; ``llm_output["lorauter"]``
@@ -40,60 +38,19 @@ class LoRAuterLLM(LLM):
     answer far better); build the engine with ``chat_template=False`` for raw completion.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
-
-    engine: RoutedModel = Field(exclude=True, repr=False)
-    """The routed local model."""
-    model_name: str | None = Field(default=None, alias="model")
-    """Name shown in metadata and traces (default: the engine's base model id)."""
-    max_tokens: int = 256
-    """Maximum number of tokens to generate."""
-    temperature: float = 0.0
-    """Sampling temperature; 0 is greedy decoding."""
-    top_p: float = 1.0
-    """Nucleus sampling mass (with temperature > 0)."""
-    seed: int | None = None
-    """Sampling seed."""
-    stop: list[str] | None = None
-    """Stop sequences applied to every call."""
-    strategy: str | None = None
-    """Routing strategy (None: the engine's default)."""
-
-    @model_validator(mode="after")
-    def _default_model_name(self) -> "LoRAuterLLM":
-        if self.model_name is None:
-            self.model_name = str(getattr(self.engine, "model_name", "") or "lorauter")
-        return self
-
     @property
     def _llm_type(self) -> str:
         return "lorauter"
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {
-            "model_name": self.model_name,
-            "max_tokens": self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "strategy": self.strategy or getattr(self.engine, "strategy", None),
-        }
+        return self._params_identity()
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "lorauter"
         params["ls_model_name"] = kwargs.get("model") or self.model_name
         return params
-
-    def _generation_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        stops = list(dict.fromkeys([*(self.stop or []), *(stop or [])]))
-        return {
-            "max_new_tokens": int(kwargs.get("max_tokens", self.max_tokens)),
-            "temperature": float(kwargs.get("temperature", self.temperature)),
-            "top_p": float(kwargs.get("top_p", self.top_p)),
-            "stop": stops or None,
-            "seed": kwargs.get("seed", self.seed),
-        }
 
     def _routes(self, prompts: list[str], run_manager, per_prompt: list[Any] | None = None) -> list:
         """One route per prompt: its own override (``batch``) or the run's, else the router."""
