@@ -270,6 +270,12 @@ class TaskStore:
         got = self._meta.get(ids=[_VERSION_ID], include=["documents"])
         return (got["documents"] or [None])[0]
 
+    @property
+    def version(self) -> str | None:
+        """Changes whenever any process writes the store (routers that cache derived data watch it)."""
+        self._maybe_refresh()
+        return self._version
+
     def _bump_version(self) -> None:
         """Stamp a write, so that other processes sharing the store reload their cached view."""
         self._version = uuid.uuid4().hex

@@ -24,6 +24,13 @@ class RetrieverRouter(Router):
     def __init__(self, store: TaskStore, task_to_adapter: Mapping[str, str] | None = None, *,
                  k: int = 3, samples_per_adapter: int = 5):
         self.store, self.k = store, k
+        self.task_to_adapter, self.samples_per_adapter = task_to_adapter, samples_per_adapter
+        self._build()
+
+    def _build(self) -> None:
+        """Embed every adapter from its tasks' samples (again whenever the store changes)."""
+        store, task_to_adapter, samples_per_adapter = self.store, self.task_to_adapter, self.samples_per_adapter
+        self._built_for = store.version
         tasks = [r.task for r in store.tasks()]
         t2a = dict(task_to_adapter) if task_to_adapter is not None else {t: t for t in tasks}
         # An adapter is embedded from samples of the task(s) it was trained on: for a manifest
@@ -44,6 +51,8 @@ class RetrieverRouter(Router):
         ])) if self.adapters else np.zeros((0, store.encoder.dim), dtype=np.float32)
 
     def _route_batch(self, texts, *, exclude, known):
+        if self.store.version != self._built_for:  # tasks added or removed since: re-embed the adapters
+            self._build()
         sw = Stopwatch(len(texts))
         q = self.store.encode(texts)
         sw.lap("encode")

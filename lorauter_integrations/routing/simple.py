@@ -27,9 +27,14 @@ class UniformRouter(Router):
     strategy = "uniform"
 
     def __init__(self, store: TaskStore, task_to_adapter: Mapping[str, str] | None = None):
+        self.store, self.task_to_adapter = store, task_to_adapter
+        self._built_for = store.version
         self.adapters = _adapters_of(store, task_to_adapter)
 
     def _route_batch(self, texts, *, exclude, known):
+        if self.store.version != self._built_for:  # tasks added or removed since
+            self._built_for = self.store.version
+            self.adapters = _adapters_of(self.store, self.task_to_adapter)
         w = [1.0 / len(self.adapters)] * len(self.adapters) if self.adapters else []
         return [Route(strategy=self.strategy, adapters=list(self.adapters), weights=w,
                       fallback=not self.adapters) for _ in texts]

@@ -148,3 +148,16 @@ def test_route_is_json_serialisable(shared_store):
     r = build_router("lorauter", shared_store).route(QUERIES[0])
     again = Route.model_validate_json(r.model_dump_json())
     assert again == r and set(r.timings_ms) >= {"encode", "query", "weights", "total"}
+
+
+def test_retriever_and_uniform_see_tasks_indexed_after_they_were_built(fresh_store, flan_tasks):
+    retriever = build_router("retriever", fresh_store, k=8)
+    uniform = build_router("uniform", fresh_store)
+    new = flan_tasks[4]  # not in the fresh store
+    assert new.task not in uniform.route("anything").adapters
+    fresh_store.index([new], progress=False)
+    assert new.task in uniform.route("anything").adapters
+    assert new.task in retriever.route(new.examples[0].inputs).adapters
+    fresh_store.remove(new.task)
+    assert new.task not in uniform.route("anything").adapters
+    assert new.task not in retriever.route(new.examples[0].inputs).adapters
