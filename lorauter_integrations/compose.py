@@ -218,9 +218,9 @@ class PackedLinears:
     nearly the cost of one request. The cost is one more copy of the linear weights in memory
     and a repack (~0.6 ms per module) of merged weights at each switch.
 
-    The packed copies are made once (``pack_all``); a module whose weight tensor was replaced
-    since (another storage) is repacked when next used. Weights changed in place through
-    ``.data`` are not seen: call ``pack_all()`` after such a change.
+    The packed copies are made once (``pack_all``); a module whose weight was replaced since
+    (another Parameter or another storage) is repacked when next used. Weights changed in place
+    (``weight.data.add_(...)``) are not seen: call ``pack_all()`` after such a change.
     """
 
     def __init__(self, model, *, batch_hint: int = 8):
@@ -228,7 +228,9 @@ class PackedLinears:
             name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
         }
         self.batch_hint = batch_hint
-        self._packed: dict[str, tuple[tuple, torch.Tensor]] = {}
+        # name -> (weight Parameter packed, its data pointer, packed weight, forward on it): the
+        # forward is kept too, so that activating a composition only assigns ready-made callables.
+        self._packed: dict[str, tuple[torch.nn.Parameter, int, torch.Tensor, functools.partial]] = {}
 
     @classmethod
     def shared(cls, model) -> "PackedLinears":
@@ -254,26 +256,36 @@ class PackedLinears:
             return False
         return sum(m.weight.numel() * m.weight.element_size() for m in linears) <= max_bytes
 
-    def _key(self, weight: torch.Tensor) -> tuple:
-        return weight.data_ptr(), tuple(weight.shape), weight.dtype
-
     def pack(self, weight: torch.Tensor) -> torch.Tensor:
         """``weight`` reordered for oneDNN's linear kernels (a new tensor; ``weight`` is untouched)."""
         with torch.inference_mode(False), torch.no_grad():  # kept across calls: not an inference tensor
             return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), self.batch_hint)
 
     def pack_all(self) -> None:
-        """Pack every linear weight now (a few hundred ms for a 135M model), not at first use."""
-        self._packed = {name: (self._key(m.weight), self.pack(m.weight)) for name, m in self.modules.items()}
+        """(Re)pack every linear weight now: a few hundred ms for a 135M model."""
+        self._packed.clear()
+        for name in self.modules:
+            self._entry(name)
+
+    def _entry(self, name: str) -> tuple:
+        # Called for every linear layer at every activation: plain dict reads, no nn.Module
+        # attribute lookups (hundreds of layers x a few us would exceed a 1 ms activation).
+        module = self.modules[name]
+        weight = module._parameters["weight"]
+        hit = self._packed.get(name)
+        if hit is None or hit[0] is not weight or hit[1] != weight.data_ptr():
+            packed = self.pack(weight)
+            hit = self._packed[name] = (weight, weight.data_ptr(), packed,
+                                        functools.partial(_packed_linear, packed, module._parameters.get("bias")))
+        return hit
 
     def packed(self, name: str) -> torch.Tensor:
         """The packed weight of module ``name``, repacked if its weight tensor was replaced."""
-        weight = self.modules[name].weight
-        key = self._key(weight)
-        hit = self._packed.get(name)
-        if hit is None or hit[0] != key:
-            hit = self._packed[name] = (key, self.pack(weight))
-        return hit[1]
+        return self._entry(name)[2]
+
+    def forward(self, name: str) -> functools.partial:
+        """Module ``name``'s forward on its packed weight (``x -> x W^T + b``)."""
+        return self._entry(name)[3]
 
 
 class Activation:
@@ -492,14 +504,19 @@ class Composer:
         done: list[torch.nn.Module] = []
         handles = []
         hook = _rows_hook if with_delta is _packed_rows else _single_hook
+        packed = packed or {}
         for name, module in self.packed.modules.items():
-            weight = packed.get(name) if packed else None
-            if weight is None:
-                weight = self.packed.packed(name)
             factors = deltas.get(name)
+            weight = packed.get(name)
+            if factors is not None:
+                forward = functools.partial(with_delta, self.packed.packed(name) if weight is None else weight,
+                                            module.bias, *factors)
+            elif weight is not None:
+                forward = functools.partial(_packed_linear, weight, module.bias)
+            else:
+                forward = self.packed.forward(name)
             # The instance dict, not setattr: nn.Module.__setattr__ costs more than the lookup.
-            module.__dict__["forward"] = (functools.partial(with_delta, weight, module.bias, *factors) if factors
-                                          else functools.partial(_packed_linear, weight, module.bias))
+            module.__dict__["forward"] = forward
             done.append(module)
         for name, factors in deltas.items():
             if name not in self.packed.modules:

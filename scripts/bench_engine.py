@@ -2,6 +2,7 @@
 
     HF_HUB_OFFLINE=1 nice .venv/bin/python scripts/bench_engine.py [--tokens 32] [--repeats 3] [--peft] [--pool DIR]
         [--threads 1 --clock cpu]   # on a shared, loaded machine
+        [--no-prepack]              # plain nn.Linear layers instead of oneDNN-packed weights (CPU)
 
 Measures, batch 1, greedy, exactly ``--tokens`` new tokens (EOS ignored so every mode decodes the
 same number of tokens): tokens/s of the base model, one adapter (merged), a 3-adapter mixture
@@ -56,6 +57,8 @@ def main() -> None:
     ap.add_argument("--peft", action="store_true", help="also time naive PEFT generation")
     ap.add_argument("--pool", default=None, help="adapter pool dir (default: the bundled demo pool)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--no-prepack", action="store_true",
+                    help="plain nn.Linear layers (the engine packs CPU weights for oneDNN by default)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: this process's CPU time (robust to other load on a shared machine; "
                          "use with --threads 1, where OpenMP spin-waits do not count)")
@@ -71,12 +74,13 @@ def main() -> None:
     from lorauter_integrations import pool as pool_module
 
     pool = AdapterPool.from_dir(args.pool or Path(pool_module.__file__).parent / "_adapters" / "flan")
-    engine = RoutedModel("demo", pool=pool)
+    engine = RoutedModel("demo", pool=pool, prepack=False if args.no_prepack else None)
     engine.eos_token_ids = frozenset()  # decode exactly --tokens tokens in every mode
     ids = pool.ids
     if len(ids) < 3:
         raise SystemExit(f"need at least 3 adapters in the bundled pool, found {ids}")
-    log(f"torch threads={torch.get_num_threads()} clock={args.clock} adapters={len(ids)}")
+    log(f"torch threads={torch.get_num_threads()} clock={args.clock} adapters={len(ids)} "
+        f"packed linears={engine.composer.packed is not None}")
     examples = read_jsonl(bundled_data_dir() / "test_dev.jsonl")
     prompts = [e.inputs for e in examples[::97][:8]]
     prompt = prompts[0]
@@ -193,6 +197,7 @@ def main() -> None:
     log(f"merged/base {res['merged_vs_base']:.3f}  mixture/base {res['mixture_vs_base']:.3f}  "
         f"one/base {res['one_adapter_vs_base']:.3f}")
     res["clock"], res["threads"], res["tokens"] = args.clock, torch.get_num_threads(), n
+    res["packed_linears"] = engine.composer.packed is not None
     print(json.dumps(res, indent=2))
 
 

@@ -16,7 +16,7 @@ from lorauter_integrations.bench import TARGETS
 
 HEADLINE_KEYS = [
     "routing_p50_ms", "routing_share", "route_p50_ratio_10k_vs_48", "cached_activation_ms", "cold_mixture_ms",
-    "naive_merge_ms", "merged_vs_base", "mixture_vs_base", "mixed_batch_speedup",
+    "naive_merge_ms", "merged_vs_base", "mixture_vs_base", "mixed_batch_speedup", "routing_recall_at1_10k",
 ]
 
 
@@ -33,3 +33,5 @@ def test_bench_quick_json_reports_every_headline_key_as_a_number():
     assert set(results["targets"]) == set(TARGETS)
     assert results["mode"] == "quick"
     assert results["noisy_pool"]["pool_size"] >= 64
+    assert results["batch"]["identical_outputs"] == "8/8"  # batched rows decode exactly what they decode alone
+    assert set(results["seconds_per_phase"]) >= {"routing", "composition", "generation", "mixed_batch", "noisy_pool"}
