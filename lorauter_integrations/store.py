@@ -51,10 +51,12 @@ _BATCH = 1000  # below Chroma's max batch size on every backend
 #: HNSW settings of the task collections (``{name}-tasks-{rep}``), beyond the cosine space.
 #: Measured on 10,000 task vectors of 4,480 dimensions, 240 queries, recall@1 against an exact
 #: search (BENCHMARKS.md): Chroma's defaults (max_neighbors 16, ef_search 100) 0.85-0.98 (graphs
-#: differ run to run); ef_search 1000 alone 0.98-1.0; with max_neighbors 32 too, 1.0 - at about the
-#: same query time (6-10 ms: at this size a query's cost is not the graph walk), for an index
-#: that takes ~2x longer to build. An existing collection keeps its build settings, so older
-#: stores get the larger ef_search only (measured 0.92 -> 0.98 on one such store).
+#: differ run to run); ef_search 1000 alone 0.98-1.0; with max_neighbors 32 too, 0.988-1.0 over
+#: four builds - at about the same query time (6-10 ms: at this size a query's cost is not the
+#: graph walk), for an index that takes ~2x longer to build. The remaining misses are nodes the
+#: graph leaves unreachable (ef_search 3000 does not find them): exactness needs an exact search.
+#: An existing collection keeps its build settings, so older stores get the larger ef_search only
+#: (measured 0.92 -> 0.98 on one such store).
 TASK_INDEX_HNSW: dict[str, int] = {"max_neighbors": 32, "ef_search": 1000}
 
 
