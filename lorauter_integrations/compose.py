@@ -251,8 +251,14 @@ class PackedLinears:
         linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
         if not linears or any("forward" in m.__dict__ for m in linears):
             return False
-        weight = linears[0].weight
-        if weight.device.type != "cpu" or not packed_kernels_available(weight.dtype):
+        # A subclass with its own forward (quantised or scaled linears: bitsandbytes, torchao...)
+        # would lose its behaviour under a plain packed matmul: keep such models on nn.Linear.
+        if any(type(m).forward is not torch.nn.Linear.forward for m in linears):
+            return False
+        dtypes = {m.weight.dtype for m in linears}
+        if len(dtypes) != 1 or any(m.weight.device.type != "cpu" for m in linears):
+            return False
+        if not packed_kernels_available(dtypes.pop()):
             return False
         return sum(m.weight.numel() * m.weight.element_size() for m in linears) <= max_bytes
 

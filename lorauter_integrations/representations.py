@@ -414,6 +414,11 @@ class HybridRepresentation:
             )
         return unit_rows(self._discriminant.solve(mean))
 
+    def release_fit_data(self) -> None:
+        """Free what only `task_vectors` needs (the residuals and factor: up to ~300 MB for large
+        stores); queries are featurised as before, building task vectors then needs a refit."""
+        self._discriminant = None
+
     # -- persistence ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
         """``meta`` (JSON: name, config, dense_dim, n_tasks), ``task_df`` and, if on, ``whitening``.

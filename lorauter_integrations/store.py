@@ -518,6 +518,8 @@ class TaskStore:
                     ids.append(f"{t}/{j}")
                     vecs.append(v)
                     metas.append({"task": t, "domain": domain_of[t] or "", "prototype": j})
+            if hasattr(rep, "release_fit_data"):
+                rep.release_fit_data()  # the next rebuild refits anyway
             col = self._task_cols[rep_name]
             existing = set(col.get(include=[])["ids"])
             stale = sorted(existing - set(ids))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -52,24 +53,33 @@ class LoRAuterLLM(RoutedModelParams, LLM):
         params["ls_model_name"] = kwargs.get("model") or self.model_name
         return params
 
-    def _routes(self, prompts: list[str], run_manager, per_prompt: list[Any] | None = None) -> list:
-        """One route per prompt: its own override (``batch``) or the run's, else the router."""
-        if per_prompt is not None and len(per_prompt) == len(prompts):
-            overrides = [override_from_metadata({METADATA_KEY: value}) for value in per_prompt]
-        else:
-            run_override = override_from_metadata(run_manager.metadata if run_manager is not None else None)
+    def _routes(self, prompts: list[str], run_manager, per_prompt: list[tuple[str, Any]] | None = None) -> list:
+        """One route per prompt: its own override (``batch``) or the run's, else the router.
+
+        ``per_prompt`` pairs each batch input's text with its override. They are matched by text,
+        in order, because LangChain may pass only some of the batch (an LLM cache's misses).
+        """
+        run_override = override_from_metadata(run_manager.metadata if run_manager is not None else None)
+        if per_prompt is None:
             overrides = [run_override] * len(prompts)
+        else:
+            queued: dict[str, deque] = {}
+            for text, value in per_prompt:
+                queued.setdefault(text, deque()).append(value)
+            overrides = [override_from_metadata({METADATA_KEY: queued[p].popleft()}) if queued.get(p) else None
+                         for p in prompts]
         return [resolve_route(self.engine, p, o, strategy=self.strategy) for p, o in zip(prompts, overrides)]
 
     # LangChain's BaseLLM.batch hands `_generate` only the FIRST run's manager (and metadata), so
     # the per-input overrides travel as a keyword argument, which `generate` forwards to `_generate`.
-    @staticmethod
-    def _with_overrides(inputs: list[Any], config, kwargs: dict[str, Any]) -> dict[str, Any]:
+    # An LLM cache keys answers by prompt and model settings, not by these overrides.
+    def _with_overrides(self, inputs: list[Any], config, kwargs: dict[str, Any]) -> dict[str, Any]:
         configs = get_config_list(config, len(inputs))
         values = [(c.get("metadata") or {}).get(METADATA_KEY) for c in configs]
         kwargs = {k: v for k, v in kwargs.items() if k != _OVERRIDES_KW}
         if any(v is not None for v in values):
-            kwargs[_OVERRIDES_KW] = values
+            texts = [self._convert_input(i).to_string() for i in inputs]
+            kwargs[_OVERRIDES_KW] = list(zip(texts, values))
         return kwargs
 
     def batch(

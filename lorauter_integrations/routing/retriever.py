@@ -28,9 +28,13 @@ class RetrieverRouter(Router):
         self._build()
 
     def _build(self) -> None:
-        """Embed every adapter from its tasks' samples (again whenever the store changes)."""
+        """Embed every adapter from its tasks' samples (again whenever the store changes).
+
+        Built into locals and published as one tuple, so a concurrent `route` sees either the old
+        or the new adapters, never a mix; a failed build leaves the old one and is retried.
+        """
         store, task_to_adapter, samples_per_adapter = self.store, self.task_to_adapter, self.samples_per_adapter
-        self._built_for = store.version
+        version = store.version
         tasks = [r.task for r in store.tasks()]
         t2a = dict(task_to_adapter) if task_to_adapter is not None else {t: t for t in tasks}
         # An adapter is embedded from samples of the task(s) it was trained on: for a manifest
@@ -44,28 +48,34 @@ class RetrieverRouter(Router):
             if a is not None and a not in by_adapter:
                 by_adapter.setdefault(a, []).append(t)
         samples = store.examples(sorted({t for ts in by_adapter.values() for t in ts}), limit=samples_per_adapter)
-        self.adapters = sorted(a for a, ts in by_adapter.items() if any(t in samples for t in ts))
-        self.adapter_tasks = {a: by_adapter[a] for a in self.adapters}
-        self.matrix = l2_normalise(np.stack([
-            np.concatenate([samples[t] for t in by_adapter[a] if t in samples]).mean(0) for a in self.adapters
-        ])) if self.adapters else np.zeros((0, store.encoder.dim), dtype=np.float32)
+        adapters = sorted(a for a, ts in by_adapter.items() if any(t in samples for t in ts))
+        matrix = l2_normalise(np.stack([
+            np.concatenate([samples[t] for t in by_adapter[a] if t in samples]).mean(0) for a in adapters
+        ])) if adapters else np.zeros((0, store.encoder.dim), dtype=np.float32)
+        self._index = (version, adapters, {a: by_adapter[a] for a in adapters}, matrix)
+
+    @property
+    def adapters(self) -> list[str]:
+        """The adapters the router can pick (as of its last build)."""
+        return self._index[1]
 
     def _route_batch(self, texts, *, exclude, known):
-        if self.store.version != self._built_for:  # tasks added or removed since: re-embed the adapters
+        if self.store.version != self._index[0]:  # tasks added or removed since: re-embed the adapters
             self._build()
+        _, adapter_list, adapter_tasks, matrix = self._index  # one consistent snapshot
         sw = Stopwatch(len(texts))
         q = self.store.encode(texts)
         sw.lap("encode")
-        allowed = np.array([not set(self.adapter_tasks[a]) <= exclude for a in self.adapters], dtype=bool)
-        sims = q @ self.matrix.T
+        allowed = np.array([not set(adapter_tasks[a]) <= exclude for a in adapter_list], dtype=bool)
+        sims = q @ matrix.T
         sims[:, ~allowed] = -np.inf
         sw.lap("query")
         out = []
         k = min(self.k, int(allowed.sum()))
         for row in sims:
             top = np.argsort(-row, kind="stable")[:k]
-            adapters = [self.adapters[i] for i in top]
-            tasks = [next(t for t in self.adapter_tasks[a] if t not in exclude) for a in adapters]
+            adapters = [adapter_list[i] for i in top]
+            tasks = [next(t for t in adapter_tasks[a] if t not in exclude) for a in adapters]
             out.append((tasks, [float(row[i]) for i in top], adapters))
         sw.lap("weights")
         timings = sw.result()

@@ -28,16 +28,20 @@ class UniformRouter(Router):
 
     def __init__(self, store: TaskStore, task_to_adapter: Mapping[str, str] | None = None):
         self.store, self.task_to_adapter = store, task_to_adapter
-        self._built_for = store.version
-        self.adapters = _adapters_of(store, task_to_adapter)
+        self._index = (store.version, _adapters_of(store, task_to_adapter))
+
+    @property
+    def adapters(self) -> list[str]:
+        return self._index[1]
 
     def _route_batch(self, texts, *, exclude, known):
-        if self.store.version != self._built_for:  # tasks added or removed since
-            self._built_for = self.store.version
-            self.adapters = _adapters_of(self.store, self.task_to_adapter)
-        w = [1.0 / len(self.adapters)] * len(self.adapters) if self.adapters else []
-        return [Route(strategy=self.strategy, adapters=list(self.adapters), weights=w,
-                      fallback=not self.adapters) for _ in texts]
+        if self.store.version != self._index[0]:  # tasks added or removed since (published as one tuple)
+            version = self.store.version
+            self._index = (version, _adapters_of(self.store, self.task_to_adapter))
+        adapters = self._index[1]
+        w = [1.0 / len(adapters)] * len(adapters) if adapters else []
+        return [Route(strategy=self.strategy, adapters=list(adapters), weights=w,
+                      fallback=not adapters) for _ in texts]
 
 
 class OracleRouter(Router):

@@ -75,3 +75,20 @@ async def test_batch_routes_each_prompt_with_its_own_configs_override(llm, tiny_
     assert calls == [3]
     assert out == alone
     assert sorted(map(tuple, (r.route.adapters for r in handler.records))) == sorted(map(tuple, expected))
+
+
+def test_batch_overrides_follow_their_prompts_when_a_cache_answers_some(tiny_engine, monkeypatch):
+    from langchain_core.caches import InMemoryCache
+
+    llm = LoRAuterLLM(engine=tiny_engine, max_tokens=6, cache=InMemoryCache())
+    llm.invoke(TRANSLATION)  # cached: the batch below sends only the other two prompts to the model
+    handler = LoRAuterCallbackHandler()
+    calls = count_engine_calls(monkeypatch, tiny_engine)
+    llm.batch([TRANSLATION, SENTIMENT, TRANSLATION + " Please."], config=[
+        {"callbacks": [handler], "metadata": {"lorauter": {"strategy": "base"}}},
+        {"callbacks": [handler], "metadata": {"lorauter": {"adapters": ["c"]}}},
+        {"callbacks": [handler], "metadata": {"lorauter": {"strategy": "base"}}},
+    ])
+    assert calls == [2]
+    routed = sorted(tuple(r.route.adapters) for r in handler.records if r.route is not None)
+    assert routed == [(), ("c",)]
