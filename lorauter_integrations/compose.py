@@ -218,9 +218,9 @@ class PackedLinears:
     nearly the cost of one request. The cost is one more copy of the linear weights in memory
     and a repack (~0.6 ms per module) of merged weights at each switch.
 
-    The packed copies are made once (``pack_all``); a module whose weight was replaced since
-    (another Parameter or another storage) is repacked when next used. Weights changed in place
-    (``weight.data.add_(...)``) are not seen: call ``pack_all()`` after such a change.
+    The packed copies are made once (``pack_all``); a module whose weight or bias was replaced or
+    written in place since (another Parameter, another storage, ``load_state_dict``) is repacked
+    when next used. Writes through ``.data`` bypass the version counter: call ``pack_all()`` then.
     """
 
     def __init__(self, model, *, batch_hint: int = 8):
@@ -228,9 +228,10 @@ class PackedLinears:
             name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
         }
         self.batch_hint = batch_hint
-        # name -> (weight Parameter packed, its data pointer, packed weight, forward on it): the
-        # forward is kept too, so that activating a composition only assigns ready-made callables.
-        self._packed: dict[str, tuple[torch.nn.Parameter, int, torch.Tensor, functools.partial]] = {}
+        # name -> (weight Parameter packed, its (data pointer, in-place write counters) key, packed
+        # weight, forward on it, bias): the forward is kept too, so that activating a composition
+        # only assigns ready-made callables.
+        self._packed: dict[str, tuple] = {}
 
     @classmethod
     def shared(cls, model) -> "PackedLinears":
@@ -278,11 +279,17 @@ class PackedLinears:
         # attribute lookups (hundreds of layers x a few us would exceed a 1 ms activation).
         module = self.modules[name]
         weight = module._parameters["weight"]
+        bias = module._parameters.get("bias")
+        # The tensors' version counters change on in-place writes (load_state_dict, .copy_()),
+        # so weights or a bias changed in place are repacked too, not served stale.
+        try:
+            key = (weight.data_ptr(), weight._version, None if bias is None else bias._version)
+        except RuntimeError:  # inference-mode tensors keep no version counter
+            key = (weight.data_ptr(), -1, -1)
         hit = self._packed.get(name)
-        if hit is None or hit[0] is not weight or hit[1] != weight.data_ptr():
+        if hit is None or hit[0] is not weight or hit[1] != key or hit[4] is not bias:
             packed = self.pack(weight)
-            hit = self._packed[name] = (weight, weight.data_ptr(), packed,
-                                        functools.partial(_packed_linear, packed, module._parameters.get("bias")))
+            hit = self._packed[name] = (weight, key, packed, functools.partial(_packed_linear, packed, bias), bias)
         return hit
 
     def packed(self, name: str) -> torch.Tensor:

@@ -159,6 +159,23 @@ def test_a_replaced_weight_tensor_is_repacked_not_served_stale(tiny_loaded, tiny
     torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
 
 
+def test_weights_loaded_in_place_are_repacked_not_served_stale(tiny_loaded, tiny_pool_dir):
+    model = copy.deepcopy(tiny_loaded.model)
+    if not PackedLinears.supports(model):
+        pytest.skip("this torch build has no oneDNN packed linear kernels")
+    pool = AdapterPool.from_dir(tiny_pool_dir).bind(model, tiny_loaded.base_model_id)
+    composer = Composer(model, pool, prepack=True)
+    ids = torch.arange(10)[None]
+    with composer.activate(None):
+        _logits(model, ids)  # packed copies made
+    state = {k: v * 1.5 if k.endswith("weight") or k.endswith("bias") else v for k, v in model.state_dict().items()}
+    model.load_state_dict(state)  # copies in place: same storage, new values
+    plain = _logits(model, ids)
+    with composer.activate(None):
+        packed = _logits(model, ids)
+    torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
+
+
 def test_prepack_true_on_an_unsupported_model_is_refused(tiny_loaded, tiny_pool_dir):
     model = copy.deepcopy(tiny_loaded.model).to(torch.float16)
     pool = AdapterPool.from_dir(tiny_pool_dir).bind(model, tiny_loaded.base_model_id)
