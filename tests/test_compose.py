@@ -131,49 +131,44 @@ def test_restore_removes_every_hook_and_forward_override(setup):
     assert not composer.active
 
 
-def test_packed_linears_compute_what_nn_linear_computes(tiny_loaded, tiny_pool_dir):
-    model = tiny_loaded.model
+def _packing_composer(model, tiny_loaded, tiny_pool_dir) -> Composer:
     if not PackedLinears.supports(model):
         pytest.skip("this torch build has no oneDNN packed linear kernels")
     pool = AdapterPool.from_dir(tiny_pool_dir).bind(model, tiny_loaded.base_model_id)
-    composer = Composer(model, pool, prepack=True)
-    ids = torch.randint(0, model.config.vocab_size, (3, 11), generator=torch.Generator().manual_seed(2))
+    return Composer(model, pool, prepack=True)
+
+
+def _assert_packed_equals_plain(composer: Composer, model, ids: torch.Tensor) -> None:
     plain = _logits(model, ids)
     with composer.activate(None):
         packed = _logits(model, ids)
     torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_linears_compute_what_nn_linear_computes(tiny_loaded, tiny_pool_dir):
+    model = tiny_loaded.model
+    composer = _packing_composer(model, tiny_loaded, tiny_pool_dir)
+    ids = torch.randint(0, model.config.vocab_size, (3, 11), generator=torch.Generator().manual_seed(2))
+    _assert_packed_equals_plain(composer, model, ids)
 
 
 def test_a_replaced_weight_tensor_is_repacked_not_served_stale(tiny_loaded, tiny_pool_dir):
     model = copy.deepcopy(tiny_loaded.model)
-    if not PackedLinears.supports(model):
-        pytest.skip("this torch build has no oneDNN packed linear kernels")
-    pool = AdapterPool.from_dir(tiny_pool_dir).bind(model, tiny_loaded.base_model_id)
-    composer = Composer(model, pool, prepack=True)
-    ids = torch.arange(10)[None]
+    composer = _packing_composer(model, tiny_loaded, tiny_pool_dir)
     module = model.get_submodule(MODULES[0])
     module.weight.data = module.weight.data * 2  # another tensor: the packed copy is out of date
-    plain = _logits(model, ids)
-    with composer.activate(None):
-        packed = _logits(model, ids)
-    torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
+    _assert_packed_equals_plain(composer, model, torch.arange(10)[None])
 
 
 def test_weights_loaded_in_place_are_repacked_not_served_stale(tiny_loaded, tiny_pool_dir):
     model = copy.deepcopy(tiny_loaded.model)
-    if not PackedLinears.supports(model):
-        pytest.skip("this torch build has no oneDNN packed linear kernels")
-    pool = AdapterPool.from_dir(tiny_pool_dir).bind(model, tiny_loaded.base_model_id)
-    composer = Composer(model, pool, prepack=True)
+    composer = _packing_composer(model, tiny_loaded, tiny_pool_dir)
     ids = torch.arange(10)[None]
     with composer.activate(None):
         _logits(model, ids)  # packed copies made
     state = {k: v * 1.5 if k.endswith("weight") or k.endswith("bias") else v for k, v in model.state_dict().items()}
     model.load_state_dict(state)  # copies in place: same storage, new values
-    plain = _logits(model, ids)
-    with composer.activate(None):
-        packed = _logits(model, ids)
-    torch.testing.assert_close(packed, plain, atol=1e-5, rtol=1e-5)
+    _assert_packed_equals_plain(composer, model, ids)
 
 
 def test_prepack_true_on_an_unsupported_model_is_refused(tiny_loaded, tiny_pool_dir):
