@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: setup demo test test-fast bench eval-routing clean
+.PHONY: setup demo test test-fast bench eval-routing clean vllm-start vllm-stop
 
 setup: $(STAMP)
 
@@ -39,5 +39,15 @@ eval-routing: setup
 bench: setup
 	$(BIN)/lorauter bench --json --plot results/bench
 
+# A vLLM server (CPU) for the demo model, for the vLLM engine and its tests (scripts/vllm_server.py):
+# its own venv .venv-vllm (installed on first use, ~3 min, 3.5 GB), 127.0.0.1 and a free port, log
+# and state in .cache/vllm/. Prints the base URL http://127.0.0.1:PORT/v1 as its last line; a second
+# vllm-start reuses the running server. vllm-stop SIGTERMs it (its process group) and waits.
+vllm-start: setup
+	@$(PY) scripts/vllm_server.py start
+
+vllm-stop:
+	@$(PY) scripts/vllm_server.py stop
+
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) .venv-vllm .cache
