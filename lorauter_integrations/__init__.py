@@ -13,15 +13,17 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from .routing.route import Route
+from .route import Route
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "RoutedModel": ".engine",
-    "Generation": ".engine",
-    "StreamChunk": ".engine",
-    "AdapterPool": ".pool",
+    "Engine": ".engine.protocol",
+    "Generation": ".engine.protocol",
+    "StreamChunk": ".engine.protocol",
+    "RoutedModel": ".engine.local",
+    "VLLMEngine": ".engine.vllm",
+    "AdapterPool": ".adapters.pool",
     "TaskStore": ".store",
     "SentenceEncoder": ".encoders",
     "build_router": ".routing",
@@ -29,8 +31,10 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .encoders import SentenceEncoder
-    from .engine import Generation, RoutedModel, StreamChunk
-    from .pool import AdapterPool
+    from .engine.local import RoutedModel
+    from .engine.protocol import Engine, Generation, StreamChunk
+    from .engine.vllm import VLLMEngine
+    from .adapters.pool import AdapterPool
     from .routing import build_router
     from .store import TaskStore
 
@@ -41,5 +45,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'lorauter_integrations' has no attribute {name!r}")
 
 
-__all__ = ["AdapterPool", "Generation", "Route", "RoutedModel", "SentenceEncoder", "StreamChunk",
-           "TaskStore", "build_router", "__version__"]
+__all__ = ["AdapterPool", "Engine", "Generation", "Route", "RoutedModel", "SentenceEncoder", "StreamChunk",
+           "TaskStore", "VLLMEngine", "build_router", "__version__"]

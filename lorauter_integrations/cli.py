@@ -30,7 +30,7 @@ ServerOpt = typer.Option(None, "--server", help="HOST:PORT of a `chroma run` ser
 
 
 def _open_store(store: Optional[Path], server: Optional[str]):
-    from .models import cache_dir
+    from .settings import cache_dir
     from .store import TaskStore, make_client
 
     if server:
@@ -39,6 +39,19 @@ def _open_store(store: Optional[Path], server: Optional[str]):
             raise typer.BadParameter("--server takes HOST:PORT, e.g. 127.0.0.1:8000")
         return TaskStore(client=make_client(host=host, port=int(port)))
     return TaskStore(store or cache_dir() / "store")
+
+
+_LAB_MODULES = ("matplotlib", "rouge_score", "sacrebleu")
+
+
+def _need_lab() -> None:
+    """The lab commands (train, map, eval, bench) need the ``[lab]`` extra: say so, not a traceback."""
+    import importlib.util
+
+    missing = [m for m in _LAB_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LoRAuterError(f"this command needs the lab extra (missing: {', '.join(missing)}): "
+                            "pip install 'lorauter-integrations[lab]'")
 
 
 def _print_json(obj) -> None:
@@ -142,7 +155,8 @@ def eval_routing(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Route every test query with a store built from the validation sets; print accuracy."""
-    from .evaluation.routing_eval import ROUTING_STRATEGIES, evaluate_routing_files, results_table
+    _need_lab()
+    from .lab.evaluation.routing_eval import ROUTING_STRATEGIES, evaluate_routing_files, results_table
     from .routing import STRATEGIES
 
     names = list(ROUTING_STRATEGIES) if strategy == "all" else [s.strip() for s in strategy.split(",") if s.strip()]
@@ -157,7 +171,7 @@ def eval_routing(
         typer.echo(results_table(results))
 
 
-# --- adapter training, task -> adapter mapping, end-to-end evaluation (engineer C) ---------------
+# --- the lab: adapter training, task -> adapter mapping, evaluation, benchmarks ([lab] extra) -----
 @app.command("train-adapters")
 def train_adapters_cmd(
     validation: Path = typer.Option(..., "--validation", help="JSONL validation sets (task, inputs, targets)."),
@@ -167,7 +181,8 @@ def train_adapters_cmd(
     model: str = typer.Option("demo", "--model", help="Base model: 'demo', a HF id or a local path."),
 ) -> None:
     """Train one LoRA adapter per task (resumable: complete adapters are skipped)."""
-    from .training import LoraTrainingConfig, train_adapters
+    _need_lab()
+    from .lab.training import LoraTrainingConfig, train_adapters
 
     names = [t.strip() for t in tasks_.split(",") if t.strip()] if tasks_ else None
     for r in train_adapters(validation, names, out, LoraTrainingConfig(epochs=epochs), base_model=model):
@@ -190,7 +205,8 @@ def map_adapters_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Map each task to the pool adapter with the best validation log-likelihood (successive halving)."""
-    from .mapping import HalvingConfig, map_adapters
+    _need_lab()
+    from .lab.mapping import HalvingConfig, map_adapters
 
     names = [t.strip() for t in tasks_.split(",") if t.strip()] if tasks_ else None
     result = map_adapters(validation, pool, base_model=model, tasks=names, write=not dry_run,
@@ -222,8 +238,9 @@ def eval_cmd(
     store: Optional[Path] = typer.Option(None, "--store", help="Task store folder (default: the demo store)."),
 ) -> None:
     """Generate for every test query under each routing strategy and score the answers."""
+    _need_lab()
     from .engine import RoutedModel
-    from .evaluation import e2e
+    from .lab.evaluation import e2e
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     report = e2e.evaluate_e2e(
@@ -244,7 +261,6 @@ def eval_cmd(
         typer.echo(text)
 
 
-# --- benchmarks (engineer G) ------------------------------------------------------------------
 @app.command("bench")
 def bench_cmd(
     quick: bool = typer.Option(False, "--quick", help="Fewer repetitions and a small noisy pool (< 3 min)."),
@@ -253,7 +269,8 @@ def bench_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
 ) -> None:
     """Measure routing, composition, generation, mixed batches and noisy pools in one run."""
-    from .bench import plot_bench, run_bench, summary_table
+    _need_lab()
+    from .lab.bench import plot_bench, run_bench, summary_table
 
     results = run_bench(quick=quick, threads=threads)
     if plot_dir:

@@ -27,6 +27,10 @@ class EncoderMismatchError(StoreError):
     """The store was built with another encoder (name or dimension)."""
 
 
+class StoreBusyError(StoreError):
+    """Another process holds the store folder (an embedded Chroma store has one process at a time)."""
+
+
 class UnknownTaskError(StoreError, KeyError):
     """A task id that the store does not hold."""
 
@@ -59,3 +63,11 @@ class ModelLoadError(LoRAuterError):
 
 class ToolCallError(LoRAuterError, ValueError):
     """A tool call was required but the model's reply holds none that can be read."""
+
+
+class EngineError(LoRAuterError):
+    """The engine could not serve a request (its decode loop stopped, or it made no progress)."""
+
+
+class EngineBusyError(EngineError):
+    """Every row and queue place is taken and none freed up in time: retry later or raise the limits."""

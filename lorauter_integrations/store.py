@@ -12,6 +12,28 @@ Layout (every collection in cosine space, every vector computed by us, never by 
 
 A task is written examples first, vectors next, registry record last, so a killed index run
 leaves the store queryable and a re-run finishes the job (content hashes make re-runs idempotent).
+Every write run first records the tasks it is about to change in a journal (``journal`` in
+``{name}-meta``) and clears it last: a run killed at any point leaves the journal behind, and the
+next `index` rewrites every task it names (even one whose registry hash still matches: an update
+killed midway may have replaced some of its examples), drops the examples of journalled tasks
+that never completed, and rebuilds the task vectors.
+
+One process per embedded store folder: a `PersistentClient` folder is not safe to share between
+processes (not even for reading: opening one may write it, and a reader never sees another
+process's writes), so a `TaskStore` over a folder holds an exclusive lock on
+``{folder}/lorauter.lock`` (which records the holder's pid) from opening to `close()` and a
+second process gets `StoreBusyError` naming the holder. The lock is an OS lock (``flock``), so
+the lock of a killed process is released by the OS and taken over. Several `TaskStore` objects of
+one process share the lock. Several processes share a store through a ``chroma run`` server.
+
+Every call into Chroma runs with a deadline (``call_timeout_s``, 300 s by default, or
+``$LORAUTER_STORE_TIMEOUT_S``): a call that does not return in time raises `StoreError` ("timed
+out after N s") instead of hanging, and later calls fail at once until the stuck call returns.
+
+The store's metadata never chooses what is loaded: the encoder is the one the caller configures
+(all-MiniLM-L6-v2 by default) and a store recorded with another encoder is refused
+(`EncoderMismatchError`); malformed metadata and stores written by a newer version of this
+package (``schema``) are refused with a `StoreError` that names the store and the fix.
 
 Several processes may share one store through a ``chroma run`` server: every write also stamps a
 new version in ``{name}-meta``, and a store re-reads its cached registry and representation
@@ -21,9 +43,12 @@ state when it sees another version (checked at most every ``refresh_s`` seconds)
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import io
 import json
+import os
+import shutil
 import threading
 import time
 import uuid
@@ -38,7 +63,7 @@ from tqdm.auto import tqdm
 
 from .data import TaskSet, load_tasks
 from .encoders import DEFAULT_ENCODER, Encoder, get_encoder
-from .errors import EncoderMismatchError, InvalidInputError, StoreError, UnknownTaskError
+from .errors import EncoderMismatchError, InvalidInputError, StoreBusyError, StoreError, UnknownTaskError
 from .representations import (
     REPRESENTATIONS, TaskRepresentation, make_representation, representation_from_state, task_scores,
 )
@@ -47,6 +72,13 @@ DEFAULT_STORE_NAME = "lorauter"
 _STATE_PREFIX = "state:"
 _TASK_PREFIX = "task:"
 _VERSION_ID = "version"
+_JOURNAL_ID = "journal"
+#: The layout version this code writes and reads; a store stamped with a higher one was written by
+#: a newer version of the package (stores without a stamp are schema 1).
+STORE_SCHEMA = 1
+LOCK_FILE = "lorauter.lock"
+#: Deadline of one call into Chroma (seconds); ``$LORAUTER_STORE_TIMEOUT_S`` overrides it.
+DEFAULT_CALL_TIMEOUT_S = 300.0
 _BATCH = 1000  # below Chroma's max batch size on every backend
 #: HNSW settings of the task collections (``{name}-tasks-{rep}``), beyond the cosine space.
 #: Measured on 10,000 task vectors of 4,480 dimensions, 240 queries, recall@1 against an exact
@@ -80,9 +112,16 @@ class IndexReport:
     unchanged: list[str] = field(default_factory=list)
     #: Task vectors were rebuilt because the store's were made by an older recipe.
     refitted: bool = False
+    #: Tasks rewritten because an earlier run was interrupted while changing them.
+    repaired: list[str] = field(default_factory=list)
+    #: Tasks an interrupted run had started to add, not given again: their examples were dropped.
+    dropped: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         text = f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged"
+        if self.repaired or self.dropped:
+            text += (f"; repaired after an interrupted run: {len(self.repaired)} rewritten, "
+                     f"{len(self.dropped)} unfinished additions dropped")
         return text + ("; task vectors rebuilt with this version's representation" if self.refitted else "")
 
 
@@ -110,6 +149,55 @@ def _decode_state(doc: str) -> dict[str, np.ndarray]:
         raise StoreError(f"the store's representation state is unreadable ({exc}); re-index the store") from exc
 
 
+def _client_address(client: Any) -> str:
+    settings = getattr(getattr(client, "_system", None), "settings", None)
+    host = getattr(settings, "chroma_server_host", None)
+    if host:
+        return f"server {host}:{getattr(settings, 'chroma_server_http_port', '?')}"
+    return "an in-memory client" if settings is not None else f"client {type(client).__name__}"
+
+_DISK_FULL_MARKS = ("no space left on device", "database or disk is full", "disk is full", "enospc",
+                    "disk quota exceeded")
+
+
+def _disk_full(exc: BaseException, folder: Path | None) -> bool:
+    """Whether ``exc`` (or an exception it chains) says the disk is full. Chroma reports a full disk
+    as OSError(ENOSPC), as sqlite's "database or disk is full", or only as "Error in compaction"
+    (its Rust writer drops the cause): that one counts when the store's disk has < 1 MiB free."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(e).lower()
+        if any(mark in text for mark in _DISK_FULL_MARKS):
+            return True
+        if "compaction" in text and folder is not None:
+            try:
+                if shutil.disk_usage(folder).free < 1 << 20:
+                    return True
+            except OSError:
+                pass
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _store_error(action: str, exc: BaseException, where: str, folder: Path | None) -> StoreError:
+    if _disk_full(exc, folder):
+        free = ""
+        if folder is not None:
+            try:
+                free = f" ({shutil.disk_usage(folder).free / 2**20:.1f} MiB free)"
+            except OSError:
+                pass
+        return StoreError(
+            f"task store {where}: cannot {action}: the disk is full{free}; free some space (or move "
+            f"the store to a larger disk) and run the command again ({type(exc).__name__}: {exc})"
+        )
+    return StoreError(f"task store {where}: cannot {action}: {type(exc).__name__}: {exc}")
+
+
 def _wrap_chroma(action: str):
     """Turn Chroma/transport exceptions into `StoreError` with the action that failed."""
 
@@ -120,12 +208,211 @@ def _wrap_chroma(action: str):
             except (StoreError, InvalidInputError):
                 raise
             except Exception as exc:  # chromadb raises many unrelated types (httpx, sqlite, rust)
-                raise StoreError(f"task store: cannot {action}: {type(exc).__name__}: {exc}") from exc
+                raise _store_error(action, exc, getattr(self, "_where", "?"), getattr(self, "_folder", None)) from exc
 
         inner.__name__, inner.__doc__ = fn.__name__, fn.__doc__
         return inner
 
     return deco
+
+
+_inside_deadline = threading.local()
+
+
+class _Deadline:
+    """Runs calls into Chroma in a daemon thread and waits at most ``seconds`` for each.
+
+    A call that overruns raises `StoreError`; until it returns, every later call fails at once
+    (a stuck Chroma call usually holds Chroma's locks, so the next would hang too). Calls made
+    from inside a bounded call run directly (the outer deadline covers them).
+    """
+
+    def __init__(self, seconds: float | None, where: str):
+        self.seconds = seconds
+        self.where = where
+        self.stuck: str | None = None  # the call that overran and has not returned yet
+        self._mutex = threading.Lock()
+
+    def call(self, what: str, fn, *args, **kwargs):
+        if self.seconds is None or getattr(_inside_deadline, "on", False):
+            return fn(*args, **kwargs)
+        stuck = self.stuck
+        if stuck is not None:
+            raise StoreError(
+                f"task store {self.where}: an earlier call ({stuck}) has not returned after its "
+                f"{self.seconds:g} s deadline; Chroma is stuck: restart the process (if another "
+                "process uses the same store folder, stop it: an embedded store is one process only)"
+            )
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run():
+            _inside_deadline.on = True
+            try:
+                box["value"] = fn(*args, **kwargs)
+            except BaseException as exc:  # re-raised in the caller's thread
+                box["error"] = exc
+            finally:
+                with self._mutex:
+                    done.set()
+                    if self.stuck == what:
+                        self.stuck = None
+
+        threading.Thread(target=run, name=f"lorauter-store:{what}", daemon=True).start()
+        done.wait(self.seconds)
+        with self._mutex:
+            overran = not done.is_set()
+            if overran:
+                self.stuck = what
+        if overran:
+            raise StoreError(
+                f"task store {self.where}: {what} timed out after {self.seconds:g} s (Chroma did not "
+                "answer); if another process uses the same store folder, stop it (an embedded store is "
+                "one process only), otherwise raise call_timeout_s / $LORAUTER_STORE_TIMEOUT_S"
+            )
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+
+_BOUNDED_METHODS = frozenset({"get", "query", "count", "add", "upsert", "update", "delete", "modify", "peek"})
+
+
+class _BoundedCollection:
+    """A Chroma collection whose data calls run under a `_Deadline` (attributes pass through)."""
+
+    def __init__(self, col, deadline: _Deadline):
+        self._col = col
+        self._deadline = deadline
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._col, name)
+        if name in _BOUNDED_METHODS and callable(attr):
+            cname = getattr(self._col, "name", "?")
+
+            def bounded(*args, **kwargs):
+                return self._deadline.call(f"{cname}.{name}()", attr, *args, **kwargs)
+
+            return bounded
+        return attr
+
+
+def _resolve_timeout(call_timeout_s: float | None | str) -> float | None:
+    if call_timeout_s == "env":
+        raw = os.environ.get("LORAUTER_STORE_TIMEOUT_S")
+        if raw is None or raw.strip() == "":
+            return DEFAULT_CALL_TIMEOUT_S
+        if raw.strip().lower() in ("none", "off", "0"):
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InvalidInputError(f"$LORAUTER_STORE_TIMEOUT_S={raw!r} is not a number of seconds") from None
+        call_timeout_s = value
+    if call_timeout_s is None:
+        return None
+    if isinstance(call_timeout_s, bool) or not isinstance(call_timeout_s, (int, float)) \
+            or not np.isfinite(call_timeout_s) or call_timeout_s <= 0:
+        raise InvalidInputError(f"call_timeout_s must be a positive number of seconds or None, not {call_timeout_s!r}")
+    return float(call_timeout_s)
+
+
+class _FolderLock:
+    """An exclusive, process-wide lock on one store folder: ``flock`` on ``{folder}/lorauter.lock``,
+    which holds the holder's pid. Shared (counted) by the `TaskStore` objects of one process; the
+    OS drops it when the holder dies, so a stale file of a dead process is simply taken over."""
+
+    _held: dict[str, "_FolderLock"] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, key: str, fd: int, pid: int):
+        self.key, self.fd, self.pid, self.count = key, fd, pid, 0
+
+    @classmethod
+    def acquire(cls, folder: Path, wait_s: float = 0.0) -> "_FolderLock":
+        folder = Path(folder)
+        key = str(folder.resolve())
+        with cls._guard:
+            held = cls._held.get(key)
+            if held is not None and held.pid == os.getpid():
+                held.count += 1
+                return held
+            lock_path = folder / LOCK_FILE
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StoreError(f"cannot create the lock file {lock_path} of the task store: {exc}") from exc
+            deadline = time.monotonic() + max(0.0, wait_s)
+            while True:
+                try:
+                    _lock_fd(fd)
+                    break
+                except (BlockingIOError, PermissionError):
+                    if time.monotonic() >= deadline:
+                        holder = _read_pid(fd)
+                        os.close(fd)
+                        who = f"process {holder}" if holder else "another process"
+                        raise StoreBusyError(
+                            f"the task store {folder} is in use by {who} (lock file {lock_path}); an "
+                            "embedded store is one process at a time: wait for it to finish or stop it"
+                            f"{f' (kill {holder})' if holder else ''}, or share the store through a "
+                            "Chroma server (`chroma run --path DIR`, then --server HOST:PORT)"
+                        ) from None
+                    time.sleep(0.05)
+                except OSError as exc:
+                    os.close(fd)
+                    raise StoreError(f"cannot lock the task store {folder} ({lock_path}): {exc}") from exc
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError:
+                pass  # the OS lock is what counts; the pid is for the message
+            lock = cls._held[key] = cls(key, fd, os.getpid())
+            lock.count = 1
+            return lock
+
+    def release(self) -> None:
+        with self._guard:
+            self.count -= 1
+            if self.count > 0 or self.pid != os.getpid():
+                return
+            if self._held.get(self.key) is self:
+                del self._held[self.key]
+            try:
+                os.close(self.fd)  # drops the flock
+            except OSError:
+                pass
+
+
+def _lock_fd(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: lock the first byte
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as exc:
+            raise BlockingIOError(str(exc)) from exc
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _persist_folder(client: Any) -> Path | None:
+    """The folder of an embedded (`PersistentClient`) client, None for a server or in-memory one."""
+    settings = getattr(getattr(client, "_system", None), "settings", None)
+    if settings is None or not getattr(settings, "is_persistent", False):
+        return None
+    folder = getattr(settings, "persist_directory", None)
+    return Path(folder) if folder else None
 
 
 def _check_server(host: str, port: int, timeout_s: float) -> None:
@@ -209,25 +496,65 @@ class TaskStore:
         name: str = DEFAULT_STORE_NAME,
         representations: Sequence[str] = tuple(REPRESENTATIONS),
         refresh_s: float | None = 2.0,
+        call_timeout_s: float | None | str = "env",
+        lock_wait_s: float = 0.0,
     ):
-        self.client = client if client is not None else make_client(path)
+        self._folder_lock: _FolderLock | None = None
+        timeout = _resolve_timeout(call_timeout_s)
         self.name = name
+        if client is None:
+            if path is None:
+                raise InvalidInputError("give a store path (embedded Chroma) or a client")
+            folder = Path(path)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot open the Chroma store at path {path}: {type(exc).__name__}: {exc}") from exc
+            # Lock before Chroma opens the folder (opening may migrate or write it).
+            self._folder_lock = _FolderLock.acquire(folder, lock_wait_s)
+            self._folder, self._where = folder, f"'{name}' at {folder}"
+            self._deadline = _Deadline(timeout, self._where)
+            try:
+                self.client = self._deadline.call("opening the folder", make_client, folder)
+            except BaseException:
+                self.close()
+                raise
+        else:
+            self.client = client
+            self._folder = _persist_folder(client)
+            if self._folder is not None:
+                self._folder_lock = _FolderLock.acquire(self._folder, lock_wait_s)
+                self._where = f"'{name}' at {self._folder}"
+            else:
+                self._where = f"'{name}' on {_client_address(client)}"
+            self._deadline = _Deadline(timeout, self._where)
+        try:
+            self._open(encoder, representations, refresh_s)
+        except BaseException:
+            self.close()
+            raise
+
+    @_wrap_chroma("open the store")
+    def _open(self, encoder, representations, refresh_s) -> None:
+        name = self.name
         self.refresh_s = refresh_s
         self._lock = threading.RLock()
         self._examples = self._collection(f"{name}-examples")
         self._meta = self._collection(f"{name}-meta")
-        recorded = self._examples.metadata or {}
-        enc_name = recorded.get("encoder")
+        enc_name, dim = self._check_metadata(self._examples.metadata)
+        # The configured encoder (the default unless the caller gives one), never the stored name:
+        # a store's metadata must not choose code or weights to load.
         if encoder is None:
-            encoder = get_encoder(enc_name or DEFAULT_ENCODER)
+            encoder = get_encoder(DEFAULT_ENCODER)
         elif isinstance(encoder, str):
             encoder = get_encoder(encoder)
         self.encoder: Encoder = encoder
-        if enc_name is not None and (enc_name != encoder.name or int(recorded.get("dim", -1)) != encoder.dim):
+        if enc_name is not None and (enc_name != encoder.name or dim != int(encoder.dim)):
             raise EncoderMismatchError(
-                f"store '{name}' was built with encoder {enc_name} (dim {recorded.get('dim')}), "
-                f"not {encoder.name} (dim {encoder.dim}): open it with that encoder or re-index "
-                "into a new store"
+                f"task store {self._where} was built with encoder {enc_name!r} (dim {dim}), but this "
+                f"process is configured with {encoder.name!r} (dim {encoder.dim}); the store's record "
+                "is never loaded by itself: if you trust that encoder, pass it "
+                "(TaskStore(..., encoder=...)), or re-index into a new store"
             )
         self.representations: dict[str, TaskRepresentation] = {}
         for rep in representations:
@@ -239,13 +566,61 @@ class TaskStore:
         self._load_states()
         self._registry_cache: dict[str, TaskRecord] | None = None
 
+    def close(self) -> None:
+        """Release the store folder's lock (another process may then open it). Idempotent."""
+        lock, self._folder_lock = getattr(self, "_folder_lock", None), None
+        if lock is not None:
+            lock.release()
+
+    def __enter__(self) -> "TaskStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _check_metadata(self, recorded: Any) -> tuple[str | None, int | None]:
+        """The recorded encoder name and dimension; typed errors for a malformed or newer store."""
+        fix = "re-index into a new store (`lorauter index --store NEW_DIR`) or delete this one"
+        if recorded is None:
+            recorded = {}
+        if not isinstance(recorded, dict):
+            raise StoreError(f"task store {self._where}: its metadata is malformed ({recorded!r}); {fix}")
+        schema = recorded.get("schema", 1)
+        if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
+            raise StoreError(f"task store {self._where}: its schema stamp {schema!r} is malformed "
+                             f"(a positive integer is expected); {fix}")
+        if schema > STORE_SCHEMA:
+            raise StoreError(
+                f"task store {self._where} was written by a newer version of lorauter-integrations "
+                f"(store schema {schema}; this version reads schema {STORE_SCHEMA} and below): upgrade "
+                "(pip install -U lorauter-integrations) or use another store"
+            )
+        enc_name, dim = recorded.get("encoder"), recorded.get("dim")
+        if enc_name is None and dim is None:
+            return None, None
+        if not isinstance(enc_name, str) or not enc_name.strip():
+            raise StoreError(f"task store {self._where}: its recorded encoder {enc_name!r} is malformed "
+                             f"(a name is expected); {fix}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+            raise StoreError(f"task store {self._where}: its recorded encoder dimension {dim!r} is malformed "
+                             f"(a positive integer is expected); {fix}")
+        return enc_name, dim
+
     # -- collections ------------------------------------------------------------------------
     @_wrap_chroma("open a collection")
     def _collection(self, cname: str, hnsw: dict[str, int] | None = None):
         hnsw = dict(hnsw or {})
-        col = self.client.get_or_create_collection(
-            cname, embedding_function=None, configuration={"hnsw": {"space": "cosine", **hnsw}}
+        col = self._deadline.call(
+            f"get_or_create_collection({cname})", self.client.get_or_create_collection,
+            cname, embedding_function=None, configuration={"hnsw": {"space": "cosine", **hnsw}},
         )
+        col = _BoundedCollection(col, self._deadline)
         # An existing collection keeps the settings it was created with; ef_search is the one
         # Chroma lets us change afterwards, so a store built by an older version gets it too
         # (never lowered: a store tuned higher stays so).
@@ -257,14 +632,27 @@ class TaskStore:
 
     def _stamp_encoder(self) -> None:
         if not (self._examples.metadata or {}).get("encoder"):
-            self._examples.modify(metadata={"encoder": self.encoder.name, "dim": int(self.encoder.dim)})
+            self._examples.modify(metadata={"encoder": self.encoder.name, "dim": int(self.encoder.dim),
+                                            "schema": STORE_SCHEMA})
 
+    @_wrap_chroma("read the representation state")
     def _load_states(self) -> None:
         ids = [_STATE_PREFIX + rep for rep in self.representations]
         got = self._meta.get(ids=ids, include=["documents"])
         for rid, doc in zip(got["ids"], got["documents"] or []):
-            if doc:
-                self.representations[rid[len(_STATE_PREFIX):]] = representation_from_state(_decode_state(doc))
+            if not doc:
+                continue
+            rep = rid[len(_STATE_PREFIX):]
+            try:
+                self.representations[rep] = representation_from_state(_decode_state(doc))
+            except StoreError as exc:
+                raise StoreError(f"task store {self._where}: {exc}") from exc
+            except Exception as exc:  # a state missing a field, of the wrong type...
+                raise StoreError(
+                    f"task store {self._where}: the fitted state of representation '{rep}' is malformed "
+                    f"({type(exc).__name__}: {exc}); re-index into a new store (`lorauter index --store "
+                    "NEW_DIR`) or delete this one"
+                ) from exc
 
     # -- freshness (several processes on one server) ----------------------------------------
     @_wrap_chroma("read the store version")
@@ -303,8 +691,15 @@ class TaskStore:
             if self._registry_cache is None:
                 got = self._meta.get(where={"kind": "task"}, include=["metadatas"])
                 recs = {}
-                for md in got["metadatas"] or []:
-                    rec = TaskRecord.model_validate({k: v for k, v in md.items() if k != "kind"})
+                for rid, md in zip(got["ids"], got["metadatas"] or []):
+                    try:
+                        rec = TaskRecord.model_validate({k: v for k, v in (md or {}).items() if k != "kind"})
+                    except Exception as exc:
+                        raise StoreError(
+                            f"task store {self._where}: the registry record {rid!r} is malformed "
+                            f"({exc.__class__.__name__}: {str(exc).splitlines()[0]}); re-index into a new "
+                            "store (`lorauter index --store NEW_DIR`) or delete this one"
+                        ) from exc
                     recs[rec.task] = rec
                 self._registry_cache = recs
             return self._registry_cache
@@ -429,21 +824,40 @@ class TaskStore:
         with self._lock:
             self._registry_cache = None
             registry = self._registry()
+            # tasks an interrupted run may have left half-written; `running`: a run did not finish
+            journalled, running, last_run = self._read_journal()
+            # a record written by the interrupted run itself was written after all its data
+            pending = set(journalled) - self._completed_by(last_run, journalled)
+            given = {ts.task for ts in tasks}
             todo = []
             for ts in tasks:
                 h = _content_hash(ts)
                 old = registry.get(ts.task)
-                if old is not None and old.content_hash == h:
+                if old is not None and old.content_hash == h and ts.task not in pending:
                     report.unchanged.append(ts.task)
                 else:
                     todo.append((ts, h))
                     (report.updated if old is not None else report.added).append(ts.task)
-            if not todo:
+                    if ts.task in pending:
+                        report.repaired.append(ts.task)
+            # journalled tasks that never completed and are not given again: drop their examples
+            orphans = sorted(t for t in pending if t not in registry and t not in given)
+            # journalled tasks that did complete once but are not given: may stay half-updated until
+            # a file that holds them is indexed again, so they stay in the journal
+            still_dirty = sorted(t for t in pending if t in registry and t not in given)
+            if not todo and not orphans and not running:
                 if self._representations_outdated():
+                    self._write_journal(sorted(pending))  # a killed rebuild is redone by the next run
                     self._rebuild_task_vectors()
+                    self._clear_journal(still_dirty)
                     report.refitted = True
                 return report
             self._stamp_encoder()
+            run = uuid.uuid4().hex
+            self._write_journal(sorted(pending | {ts.task for ts, _ in todo}), run=run)
+            for t in orphans:
+                self._examples.delete(where={"task": t})
+            report.dropped = orphans
             bar = tqdm(todo, desc="indexing tasks", unit="task", disable=not progress)
             for ts, _ in bar:
                 bar.set_postfix_str(ts.task)
@@ -458,16 +872,63 @@ class TaskStore:
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             recs = [TaskRecord(task=ts.task, domain=ts.domain, metric=ts.metric, size=len(ts.examples),
                                created_at=now, content_hash=h) for ts, h in todo]
-            self._write_registry(recs)
+            if recs:
+                self._write_registry(recs, run=run)
+            self._clear_journal(still_dirty)
         return report
 
-    def _write_registry(self, recs: list[TaskRecord]) -> None:
+    # -- the journal of write runs ------------------------------------------------------------
+    def _read_journal(self) -> tuple[list[str], bool, str | None]:
+        """The tasks write runs recorded before changing them and not yet rewrote, whether the last
+        run was interrupted, and its id (([], False, None): nothing pending)."""
+        got = self._meta.get(ids=[_JOURNAL_ID], include=["documents"])
+        if not got["ids"]:
+            return [], False, None
+        doc = (got["documents"] or [None])[0]
+        try:
+            record = json.loads(doc or "")
+            tasks, running, run = record["tasks"], record.get("running", True), record.get("run")
+            if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+                raise ValueError("'tasks' is not a list of task ids")
+            if not isinstance(running, bool):
+                raise ValueError("'running' is not a boolean")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StoreError(
+                f"task store {self._where}: the journal of an interrupted write is malformed ({exc}); "
+                "re-index into a new store (`lorauter index --store NEW_DIR`) or delete this one"
+            ) from exc
+        return tasks, running, run if isinstance(run, str) else None
+
+    def _write_journal(self, tasks: list[str], running: bool = True, run: str | None = None) -> None:
+        self._meta.upsert(ids=[_JOURNAL_ID], embeddings=np.ones((1, 1), dtype=np.float32),
+                          documents=[json.dumps({"tasks": tasks, "running": running, "run": run,
+                                                 "pid": os.getpid(),
+                                                 "at": datetime.now(timezone.utc).isoformat()})],
+                          metadatas=[{"kind": "journal"}])
+
+    def _completed_by(self, run: str | None, tasks: Collection[str]) -> set[str]:
+        """Those of ``tasks`` whose registry record the write run ``run`` wrote (after their data)."""
+        if not run or not tasks:
+            return set()
+        got = self._meta.get(ids=[_TASK_PREFIX + t for t in tasks], include=["metadatas"])
+        return {rid[len(_TASK_PREFIX):] for rid, md in zip(got["ids"], got["metadatas"] or [])
+                if (md or {}).get("run") == run}
+
+    def _clear_journal(self, keep: list[str]) -> None:
+        """End a write run; ``keep``: tasks still half-written (rewritten when next given)."""
+        if keep:
+            self._write_journal(keep, running=False)
+        else:
+            self._meta.delete(ids=[_JOURNAL_ID])
+
+    def _write_registry(self, recs: list[TaskRecord], run: str | None = None) -> None:
+        stamp = {"run": run} if run else {}
         for s in range(0, len(recs), _BATCH):
             chunk = recs[s:s + _BATCH]
             self._meta.upsert(
                 ids=[_TASK_PREFIX + r.task for r in chunk],
                 embeddings=np.ones((len(chunk), 1), dtype=np.float32),
-                metadatas=[{"kind": "task", **r.model_dump(exclude_none=True)} for r in chunk],
+                metadatas=[{"kind": "task", **r.model_dump(exclude_none=True), **stamp} for r in chunk],
             )
         self._registry_cache = None
         self._bump_version()
@@ -537,10 +998,13 @@ class TaskStore:
         """Remove a task (registry first, so a killed removal never leaves a half-routable task)."""
         with self._lock:
             self.task(task)  # raises UnknownTaskError
+            pending, _, _ = self._read_journal()
+            self._write_journal(sorted({*pending, task}))  # a killed removal is finished by the next index
             self._meta.delete(ids=[_TASK_PREFIX + task])
             self._registry_cache = None
             self._examples.delete(where={"task": task})
             self._rebuild_task_vectors()
+            self._clear_journal([t for t in pending if t != task])
 
     @_wrap_chroma("write synthetic task vectors")
     def add_task_vectors(self, rep: str, tasks: Sequence[str], vectors: np.ndarray,

@@ -30,8 +30,8 @@ import torch
 
 from lorauter_integrations.data import bundled_data_dir, read_jsonl
 from lorauter_integrations.engine import RoutedModel
-from lorauter_integrations.pool import AdapterPool
-from lorauter_integrations.routing.route import Route
+from lorauter_integrations.adapters.pool import AdapterPool
+from lorauter_integrations.route import Route
 
 
 _clock = time.perf_counter

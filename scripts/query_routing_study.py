@@ -34,10 +34,10 @@ from llama_index.core.schema import MetadataMode, QueryBundle
 from tqdm.auto import tqdm
 
 from lorauter_integrations.data import bundled_data_dir, load_tasks, read_jsonl
-from lorauter_integrations.evaluation.routing_eval import evaluate_routing
+from lorauter_integrations.lab.evaluation.routing_eval import evaluate_routing
 from lorauter_integrations.llama_index import LoRAuterEmbedding
 from lorauter_integrations.llama_index.context import select_routing_text
-from lorauter_integrations.models import cache_dir
+from lorauter_integrations.settings import cache_dir
 from lorauter_integrations.store import TaskStore
 
 # A developer-docs knowledge base: unrelated to every Flan task, available offline everywhere.

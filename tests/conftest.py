@@ -73,7 +73,7 @@ def make_tiny_model(vocab_size: int, seed: int = 0):
 @pytest.fixture
 def tiny_loaded(tiny_tokenizer):
     """A fresh `LoadedModel` around the tiny random Llama (function scope: tests may mutate it)."""
-    from lorauter_integrations.models import LoadedModel
+    from lorauter_integrations.engine.models import LoadedModel
 
     model = make_tiny_model(len(tiny_tokenizer))
     return LoadedModel(model=model, tokenizer=tiny_tokenizer, base_model_id=TINY_BASE_ID, device="cpu")
@@ -134,3 +134,14 @@ def tiny_pool_dir(tmp_path, make_adapter):
     }
     (root / "adapters.json").write_text(json.dumps(manifest))
     return root
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory):
+    """A real `chroma run` server on 127.0.0.1 for the whole session (started on first use)."""
+    from rel_support import start_chroma_server
+
+    root = tmp_path_factory.mktemp("chroma-server")
+    server = start_chroma_server(root / "data", root / "server.log")
+    yield server
+    server.stop()

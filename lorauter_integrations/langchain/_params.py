@@ -1,12 +1,18 @@
-"""Fields and helpers shared by `ChatLoRAuter` and `LoRAuterLLM` (one definition, two models)."""
+"""What `ChatLoRAuter` and `LoRAuterLLM` share: the engine, generation fields, per-call overrides,
+token counting and batching (one definition, two models)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import get_config_list
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..engine import RoutedModel
+from ..calls import METADATA_KEY, generation_options
+from ..engine.protocol import Engine
+from ..errors import InvalidInputError
 
 
 class RoutedModelParams(BaseModel):
@@ -14,12 +20,18 @@ class RoutedModelParams(BaseModel):
 
     Mixed in before LangChain's base class (``class ChatLoRAuter(RoutedModelParams, BaseChatModel)``),
     so the fields are ordinary constructor arguments of either model.
+
+    Per-call overrides: ``config={"metadata": {"lorauter": {...}}}`` (any runnable, also inside a
+    chain) or the keyword ``lorauter={...}`` of ``invoke``/``stream``/``batch``. In ``batch`` /
+    ``abatch`` each input is its own call with its own config's override; the calls run
+    concurrently and join the engine's running batch. The override is part of the LLM cache key,
+    so a cached answer is never served for another route.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
 
-    engine: RoutedModel = Field(exclude=True, repr=False)
-    """The routed local model (``RoutedModel.demo()`` for the bundled one)."""
+    engine: Any = Field(exclude=True, repr=False)
+    """The `Engine` that routes and generates (``RoutedModel.demo()``, a `VLLMEngine`, ...)."""
     model_name: str | None = Field(default=None, alias="model")
     """Name shown in metadata and traces (default: the engine's base model id)."""
     max_tokens: int = 256
@@ -34,6 +46,14 @@ class RoutedModelParams(BaseModel):
     """Stop sequences applied to every call (merged with the call's own)."""
     strategy: str | None = None
     """Routing strategy (None: the engine's default, ``lorauter``)."""
+
+    @field_validator("engine")
+    @classmethod
+    def _is_engine(cls, engine: Any) -> Any:
+        if not isinstance(engine, Engine):
+            raise ValueError(f"engine must implement lorauter_integrations.Engine (RoutedModel, VLLMEngine), "
+                             f"got {type(engine).__name__}")
+        return engine
 
     @model_validator(mode="after")
     def _default_model_name(self) -> "RoutedModelParams":
@@ -51,13 +71,39 @@ class RoutedModelParams(BaseModel):
             "strategy": self.strategy or getattr(self.engine, "strategy", None),
         }
 
-    def _generation_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """`RoutedModel.generate` options: the call's kwargs over the model's fields, stops merged."""
-        stops = list(dict.fromkeys([*(self.stop or []), *(stop or [])]))
-        return {
-            "max_new_tokens": int(kwargs.get("max_tokens", self.max_tokens)),
-            "temperature": float(kwargs.get("temperature", self.temperature)),
-            "top_p": float(kwargs.get("top_p", self.top_p)),
-            "stop": stops or None,
-            "seed": kwargs.get("seed", self.seed),
-        }
+    def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Engine options: the call's kwargs over the model's fields, stops merged."""
+        defaults = {"max_new_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                    "seed": self.seed, "stop": self.stop}
+        return generation_options(defaults, kwargs, stop)
+
+    @staticmethod
+    def _override(run_manager: Any, kwargs: dict[str, Any]) -> Any:
+        """The call's override: the ``lorauter`` keyword, else the run's metadata."""
+        if kwargs.get(METADATA_KEY) is not None:
+            return kwargs[METADATA_KEY]
+        return (getattr(run_manager, "metadata", None) or {}).get(METADATA_KEY)
+
+    @staticmethod
+    def _with_override(config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Carry the config's override as a keyword: LangChain keys its LLM cache by keywords."""
+        value = ((config or {}).get("metadata") or {}).get(METADATA_KEY)
+        if value is not None and kwargs.get(METADATA_KEY) is None:
+            return {**kwargs, METADATA_KEY: value.model_dump() if isinstance(value, BaseModel) else value}
+        return kwargs
+
+    def _concurrent(self, config: RunnableConfig | Sequence[RunnableConfig] | None, n: int) -> list[RunnableConfig]:
+        """Per-input configs with a default concurrency that fills the engine's batch."""
+        limit = min(n, int(getattr(self.engine, "max_batch_size", 16))) or 1
+        return [{**c, "max_concurrency": c.get("max_concurrency") or limit} for c in get_config_list(config, n)]
+
+    # -- token counting with the engine's tokenizer (LangChain's default downloads GPT-2's)
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` under the base model's tokenizer."""
+        if not isinstance(text, str):
+            raise InvalidInputError(f"get_token_ids takes a string, got {type(text).__name__}")
+        return list(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def get_num_tokens(self, text: str) -> int:
+        """Number of tokens of ``text`` under the base model's tokenizer."""
+        return len(self.get_token_ids(text))

@@ -17,13 +17,14 @@ from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import BaseMessage, HumanMessage
+from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 from pydantic import BaseModel, Field
 
 from ..errors import InvalidInputError
-from ..routing.route import Route
-from .overrides import METADATA_KEY, override_from_metadata, resolve_route
+from ..route import Route
+from ..calls import METADATA_KEY, parse_override, resolve_route, select_routing_text
+from .chat_models import messages_to_chat
 
 
 class RouteRecord(BaseModel):
@@ -173,9 +174,7 @@ class RoutingCallbackHandler(BaseCallbackHandler):
     def on_chat_model_start(
         self, serialized, messages: list[list[BaseMessage]], *, run_id: UUID, metadata=None, **kwargs
     ) -> None:
-        chat = messages[0] if messages else []
-        humans = [m.text for m in chat if isinstance(m, HumanMessage)]
-        text = humans[-1] if humans else "\n".join(m.text for m in chat)
+        text, _ = select_routing_text(messages_to_chat(messages[0] if messages else []), "question")
         self._begin(run_id, text, metadata)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
@@ -185,7 +184,8 @@ class RoutingCallbackHandler(BaseCallbackHandler):
         self._end(run_id)
 
     def _begin(self, run_id: UUID, text: str, metadata) -> None:
-        route = resolve_route(self.engine, text, override_from_metadata(metadata), strategy=self.strategy)
+        route = resolve_route(self.engine, text, parse_override((metadata or {}).get(METADATA_KEY)),
+                              strategy=self.strategy)
         thread = threading.get_ident()
         with self._state:
             held = self._held.get(thread)

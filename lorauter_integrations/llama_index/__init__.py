@@ -1,6 +1,6 @@
 """LlamaIndex integration: a routed LLM, its routing event, offline embeddings, routing context."""
 
-from .context import collect_routes, route_on
+from ..calls import collect_routes, route_on
 from .embeddings import LoRAuterEmbedding
 from .events import LoRAuterRouteEvent
 from .llms import LoRAuterLLM

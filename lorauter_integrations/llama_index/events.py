@@ -10,8 +10,8 @@ from __future__ import annotations
 from llama_index.core.instrumentation.events.base import BaseEvent
 from pydantic import Field
 
-from ..routing.route import Route
-from .context import RoutingSource
+from ..route import Route
+from ..calls import RoutingSource
 
 
 class LoRAuterRouteEvent(BaseEvent):

@@ -9,7 +9,7 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 
 from ..errors import InvalidInputError
-from .route import Route
+from ..route import Route
 
 
 def softmax(scores: Sequence[float], tau: float) -> list[float]:

@@ -11,7 +11,7 @@ import math
 from typing import TYPE_CHECKING, Mapping
 
 from .base import Router, Stopwatch, merge_by_adapter
-from .route import Route
+from ..route import Route
 
 if TYPE_CHECKING:
     from ..store import TaskStore

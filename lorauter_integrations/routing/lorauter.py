@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Mapping
 
 from .base import Router, Stopwatch, merge_by_adapter, softmax
-from .route import Route
+from ..route import Route
 
 if TYPE_CHECKING:
     from ..store import TaskStore

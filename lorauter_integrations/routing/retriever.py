@@ -12,7 +12,7 @@ import numpy as np
 
 from ..encoders import l2_normalise
 from .base import Router, Stopwatch
-from .route import Route
+from ..route import Route
 
 if TYPE_CHECKING:
     from ..store import TaskStore

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ..errors import InvalidInputError, UnknownAdapterError
 from .base import Router, merge_by_adapter
-from .route import Route
+from ..route import Route
 
 if TYPE_CHECKING:
     from ..store import TaskStore

@@ -1,0 +1,330 @@
+"""End-to-end evaluation: route every test query, generate with the routed adapters, score.
+
+For each strategy (``base``, ``oracle``, ``lorauter``, ``retriever``, ``examples``, ``uniform``,
+...) every query is routed on its text, all (query, route) pairs are generated through
+``RoutedModel.generate`` (greedy; one batched call per metric, items with different routes in one
+forward pass), and answers are scored with the task's metric (`metrics`). Reported: per task,
+per domain (mean of its tasks), the mean over tasks, and each strategy's mean as % of the oracle.
+
+Unseen-task mode (``ood``): the query's own adapter is unreachable — its task and every task
+mapped to the same adapter are excluded from routing, and a route that still names the adapter
+(strategies that ignore task exclusion, e.g. ``uniform``) has it removed. ``oracle`` keeps the
+own adapter in both modes: it is the reference the routed strategies are measured against.
+
+Identical (prompt, route) pairs are generated once, so ``base`` and ``oracle`` cost nothing extra
+when both modes are evaluated in one run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from tqdm.auto import tqdm
+
+from ...data import Example, read_jsonl
+from ...errors import InvalidInputError
+from ...route import Route
+from .metrics import max_new_tokens_for, score, task_score
+
+DEFAULT_STRATEGIES = ("base", "oracle", "lorauter", "retriever", "examples", "uniform")
+_MODE_FREE = ("base", "oracle")  # strategies whose routes do not depend on the ood flag
+
+
+class TaskResult(BaseModel):
+    task: str
+    domain: str | None
+    metric: str
+    n: int
+    scores: dict[str, float] = Field(description="Strategy -> task score (0-100).")
+
+
+class E2EResult(BaseModel):
+    """One evaluation mode (ID or OOD) over all strategies."""
+
+    ood: bool
+    strategies: list[str]
+    tasks: list[TaskResult]
+    domains: dict[str, dict[str, float]] = Field(description="Domain -> strategy -> mean task score.")
+    mean: dict[str, float] = Field(description="Strategy -> mean task score.")
+    pct_of_oracle: dict[str, float] = Field(description="Strategy -> mean / oracle mean x 100.")
+    samples: list[dict] = Field(default_factory=list, description="Per query: task, strategy, answer, score, adapters.")
+
+
+class E2EReport(BaseModel):
+    """Everything one `lorauter eval` run measured."""
+
+    test_file: str
+    limit_per_task: int | None
+    model: str
+    generations: int = Field(description="Distinct (prompt, route) pairs generated.")
+    seconds: float
+    results: list[E2EResult]
+
+
+def select_queries(
+    examples: Sequence[Example], tasks: Sequence[str] | None, limit_per_task: int | None
+) -> list[Example]:
+    """The first ``limit_per_task`` queries of each wanted task, in file order (deterministic)."""
+    wanted = None if tasks is None else set(tasks)
+    taken: dict[str, int] = defaultdict(int)
+    out = []
+    for ex in examples:
+        if ex.targets is None or (wanted is not None and ex.task not in wanted):
+            continue
+        if limit_per_task is not None and taken[ex.task] >= limit_per_task:
+            continue
+        taken[ex.task] += 1
+        out.append(ex)
+    if not out:
+        raise InvalidInputError("no test query with `targets` left for the selected tasks")
+    return out
+
+
+def _drop_adapters(route: Route, banned: frozenset[str]) -> Route:
+    """``route`` without the banned adapters (weights renormalised; empty -> base model)."""
+    keep = [(a, w) for a, w in zip(route.adapters, route.weights) if a not in banned]
+    if len(keep) == len(route.adapters):
+        return route
+    total = sum(w for _, w in keep)
+    if not keep or total <= 0:
+        return route.model_copy(update={"adapters": [], "weights": [], "fallback": True})
+    return route.model_copy(update={"adapters": [a for a, _ in keep], "weights": [w / total for _, w in keep]})
+
+
+def _routes(engine, strategy: str, queries: Sequence[Example], ood: bool, task_to_adapter: dict[str, str]) -> list[Route]:
+    from ...routing import build_router
+
+    if strategy == "oracle":
+        oracle = build_router("oracle", None, task_to_adapter)
+        return [oracle.route(q.inputs, known_task=q.task) for q in queries]
+    routes = []
+    for q in queries:
+        if not ood:
+            routes.append(engine.route(q.inputs, strategy=strategy))
+            continue
+        own = task_to_adapter.get(q.task)
+        siblings = {t for t, a in task_to_adapter.items() if own is not None and a == own}
+        route = engine.route(q.inputs, strategy=strategy, exclude_tasks=siblings | {q.task})
+        routes.append(_drop_adapters(route, frozenset({own} if own else ())))
+    return routes
+
+
+def evaluate_e2e(
+    engine,
+    test: str | Path | Sequence[Example],
+    *,
+    strategies: Sequence[str] = DEFAULT_STRATEGIES,
+    ood_modes: Sequence[bool] = (False,),
+    tasks: Sequence[str] | None = None,
+    limit_per_task: int | None = 5,
+    max_new_tokens: dict[str, int] | None = None,
+    progress: bool = True,
+    keep_samples: bool = True,
+    cache: str | Path | None = None,
+) -> E2EReport:
+    """Generate and score every selected test query under every strategy and mode.
+
+    ``tasks`` None: the tasks that have an adapter in the engine's pool (the others only add
+    generation time that no adapter can change under ``oracle``). ``cache``: a JSON file of
+    answers keyed by model, prompt, route and budget, so that later runs (more strategies, the
+    other mode) only generate what is new; greedy decoding makes the answers reusable.
+    """
+    examples = read_jsonl(test) if isinstance(test, (str, Path)) else list(test)
+    task_to_adapter = dict(engine.pool.task_to_adapter)
+    if tasks is None:
+        own = {t for t, a in task_to_adapter.items() if t == a}
+        tasks = sorted(own or task_to_adapter)
+    queries = select_queries(examples, tasks, limit_per_task)
+    budgets = {m: (max_new_tokens or {}).get(m, max_new_tokens_for(m)) for m in ("em", "bleu", "rouge")}
+    start = time.perf_counter()
+
+    # 1. Routes of every (mode, strategy, query).
+    plans: dict[tuple[bool, str], list[Route]] = {}
+    for ood in ood_modes:
+        for strategy in strategies:
+            source = (False, strategy) if strategy in _MODE_FREE and (False, strategy) in plans else None
+            plans[(ood, strategy)] = plans[source] if source else _routes(engine, strategy, queries, ood, task_to_adapter)
+
+    # 2. Distinct (query, route) pairs, generated per metric in one batched call each.
+    jobs: OrderedDict[tuple[int, tuple], Route] = OrderedDict()
+    for routes in plans.values():
+        for qi, route in enumerate(routes):
+            jobs.setdefault((qi, route.key()), route)
+    answers: dict[tuple[int, tuple], str] = {}
+    stored = _AnswerCache(cache, getattr(engine, "model_name", "?"))
+    by_metric: dict[str, list[tuple[int, tuple]]] = defaultdict(list)
+    for key in jobs:
+        q = queries[key[0]]
+        hit = stored.get(q.inputs, key[1], budgets[q.metric])
+        if hit is None:
+            by_metric[q.metric].append(key)
+        else:
+            answers[key] = hit
+    bar = tqdm(total=len(jobs) - len(answers), desc="generate", unit="answer", disable=not progress)
+    for metric, keys in by_metric.items():
+        # Similar prompt lengths together (less padding); chunks of one engine batch keep the
+        # progress bar moving.
+        keys.sort(key=lambda k: len(queries[k[0]].inputs))
+        step = max(1, getattr(engine, "max_batch_size", 16))
+        for s in range(0, len(keys), step):
+            chunk = keys[s : s + step]
+            gens = engine.generate([queries[qi].inputs for qi, _ in chunk], [jobs[k] for k in chunk],
+                                   max_new_tokens=budgets[metric], temperature=0.0)
+            for k, g in zip(chunk, gens):
+                answers[k] = g.text
+                stored.put(queries[k[0]].inputs, k[1], budgets[metric], g.text)
+            stored.save()
+            bar.update(len(chunk))
+    bar.close()
+
+    # 3. Scores.
+    results = []
+    for ood in ood_modes:
+        per_task: dict[str, dict[str, list[tuple[str, str]]]] = defaultdict(lambda: defaultdict(list))
+        samples = []
+        for strategy in strategies:
+            for qi, route in enumerate(plans[(ood, strategy)]):
+                q = queries[qi]
+                answer = answers[(qi, route.key())]
+                per_task[q.task][strategy].append((answer, q.targets))
+                if keep_samples:
+                    samples.append({"task": q.task, "strategy": strategy, "answer": answer,
+                                    "score": round(score(q.metric, answer, q.targets), 2),
+                                    "adapters": dict(zip(route.adapters, [round(w, 3) for w in route.weights]))})
+        meta = {q.task: q for q in queries}
+        task_results = []
+        for task, by_strategy in per_task.items():
+            q = meta[task]
+            task_results.append(TaskResult(
+                task=task, domain=q.domain, metric=q.metric, n=len(next(iter(by_strategy.values()))),
+                scores={s: round(task_score(q.metric, [a for a, _ in pairs], [r for _, r in pairs]), 2)
+                        for s, pairs in by_strategy.items()},
+            ))
+        results.append(_summarise(ood, list(strategies), task_results, samples))
+    return E2EReport(
+        test_file=str(test) if isinstance(test, (str, Path)) else "<examples>",
+        limit_per_task=limit_per_task,
+        model=getattr(engine, "model_name", "?"),
+        generations=len(jobs),
+        seconds=round(time.perf_counter() - start, 1),
+        results=results,
+    )
+
+
+class _AnswerCache:
+    """Greedy answers on disk, keyed by model, prompt, route key and token budget."""
+
+    def __init__(self, path: str | Path | None, model: str):
+        self.path = Path(path) if path else None
+        self.model = model
+        self.data: dict[str, str] = {}
+        if self.path is not None and self.path.exists():
+            self.data = json.loads(self.path.read_text(encoding="utf-8"))
+
+    def _key(self, prompt: str, route_key: tuple, budget: int) -> str:
+        raw = json.dumps([self.model, prompt, route_key, budget], ensure_ascii=False)
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+    def get(self, prompt: str, route_key: tuple, budget: int) -> str | None:
+        return self.data.get(self._key(prompt, route_key, budget))
+
+    def put(self, prompt: str, route_key: tuple, budget: int, answer: str) -> None:
+        self.data[self._key(prompt, route_key, budget)] = answer
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, self.path)  # an interrupted run keeps every answer saved so far
+
+
+def _mean(values: Sequence[float]) -> float:
+    return round(sum(values) / len(values), 2) if values else math.nan
+
+
+def _summarise(ood: bool, strategies: list[str], task_results: list[TaskResult], samples: list[dict]) -> E2EResult:
+    domains: dict[str, dict[str, float]] = {}
+    by_domain: dict[str, list[TaskResult]] = defaultdict(list)
+    for tr in task_results:
+        by_domain[tr.domain or "-"].append(tr)
+    for domain, trs in sorted(by_domain.items()):
+        domains[domain] = {s: _mean([t.scores[s] for t in trs]) for s in strategies}
+    mean = {s: _mean([t.scores[s] for t in task_results]) for s in strategies}
+    oracle = mean.get("oracle")
+    pct = {s: round(100.0 * m / oracle, 1) for s, m in mean.items()} if oracle else {}
+    return E2EResult(ood=ood, strategies=strategies, tasks=task_results, domains=domains, mean=mean,
+                     pct_of_oracle=pct, samples=samples)
+
+
+# ----------------------------------------------------------------------------- reports
+def markdown(report: E2EReport) -> str:
+    """Per-task, per-domain and mean tables of every mode, as Markdown."""
+    lines = [f"Model `{report.model}`, test file `{report.test_file}`, {report.limit_per_task or 'all'} "
+             f"queries per task, greedy decoding; {report.generations} generations in {report.seconds:.0f} s.",
+             "Scores 0-100: EM (lower-cased, stripped, periods removed), BLEU (sacrebleu corpus BLEU), "
+             "ROUGE-L F1 (rouge-score)."]
+    for res in report.results:
+        head = "| " + " | ".join(res.strategies) + " |"
+        rule = "|" + "---:|" * len(res.strategies)
+        lines += ["", f"### {'Unseen tasks (OOD: own adapter excluded)' if res.ood else 'In-distribution (ID)'}", "",
+                  "| | " + " | ".join(res.strategies) + " |", "|---|" + "---:|" * len(res.strategies)]
+        lines.append("| **mean** | " + " | ".join(f"**{res.mean[s]:.1f}**" for s in res.strategies) + " |")
+        if res.pct_of_oracle:
+            lines.append("| % of oracle | " + " | ".join(f"{res.pct_of_oracle[s]:.0f}%" for s in res.strategies) + " |")
+        lines += ["", "Per domain (mean of its tasks):", "", "| domain " + head, "|---" + rule]
+        for domain, scores in res.domains.items():
+            lines.append(f"| {domain} | " + " | ".join(f"{scores[s]:.1f}" for s in res.strategies) + " |")
+        lines += ["", "Per task:", "", "| task | metric | n " + head, "|---|---|---:" + rule]
+        for t in res.tasks:
+            lines.append(f"| {t.task} | {t.metric} | {t.n} | " + " | ".join(f"{t.scores[s]:.1f}" for s in res.strategies) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def per_adapter_markdown(report: E2EReport) -> str:
+    """Each adapter on its own task (``oracle``) against the base model, from an ID result."""
+    res = next((r for r in report.results if not r.ood), None)
+    if res is None or not {"base", "oracle"} <= set(res.strategies):
+        raise InvalidInputError("the per-adapter table needs an in-distribution run with base and oracle")
+    lines = ["| adapter (= task) | domain | metric | n | base model | adapter | delta |", "|---|---|---|---:|---:|---:|---:|"]
+    for t in sorted(res.tasks, key=lambda t: (t.domain or "", t.task)):
+        b, o = t.scores["base"], t.scores["oracle"]
+        lines.append(f"| {t.task} | {t.domain} | {t.metric} | {t.n} | {b:.1f} | {o:.1f} | {o - b:+.1f} |")
+    b, o = res.mean["base"], res.mean["oracle"]
+    lines.append(f"| **mean** | | | | **{b:.1f}** | **{o:.1f}** | **{o - b:+.1f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: E2EReport, path: str | Path) -> Path:
+    """A bar chart of the mean score per strategy, ID and OOD side by side (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    strategies = report.results[0].strategies
+    width = 0.8 / len(report.results)
+    fig, ax = plt.subplots(figsize=(1.3 * len(strategies) + 2, 4))
+    for i, res in enumerate(report.results):
+        xs = [j + (i - (len(report.results) - 1) / 2) * width for j in range(len(strategies))]
+        bars = ax.bar(xs, [res.mean[s] for s in strategies], width, label="OOD (own adapter excluded)" if res.ood else "ID")
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(range(len(strategies)), strategies)
+    ax.set_ylabel("mean task score (0-100)")
+    ax.set_title(f"End-to-end quality, {report.model} ({report.limit_per_task or 'all'} queries/task)")
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

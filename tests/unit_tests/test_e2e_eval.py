@@ -1,0 +1,110 @@
+"""End-to-end evaluation on the tiny engine: scoring, OOD exclusion, generation reuse, reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from lorauter_integrations.data import Example
+from lorauter_integrations.engine import RoutedModel
+from lorauter_integrations.lab.evaluation.e2e import (
+    evaluate_e2e,
+    markdown,
+    per_adapter_markdown,
+    plot,
+    select_queries,
+)
+from lorauter_integrations.adapters.pool import AdapterPool
+from lorauter_integrations.route import Route
+
+PROMPTS = ["Is this review positive or negative? The film was a joy.", "Translate to French: the cat sits.",
+           "What is the capital of France?", "Summarize: the committee met on Tuesday."]
+BUDGET = {"em": 4, "rouge": 4, "bleu": 4}
+
+
+class EveryAdapterRouter:
+    """A real (if trivial) router: all of a, b, c, equally, minus excluded tasks' adapters."""
+
+    strategy = "everything"
+
+    def __init__(self, task_to_adapter):
+        self.task_to_adapter = task_to_adapter
+
+    def route(self, text, *, exclude_tasks=()):
+        banned = {self.task_to_adapter[t] for t in exclude_tasks if t in self.task_to_adapter}
+        # Deliberately keeps "c" even when excluded, like strategies that ignore exclusion.
+        adapters = [a for a in ("a", "b", "c") if a not in banned or a == "c"]
+        return Route(strategy=self.strategy, adapters=adapters, weights=[1 / len(adapters)] * len(adapters))
+
+
+@pytest.fixture
+def engine(tiny_loaded, tiny_pool_dir):
+    pool = AdapterPool.from_dir(tiny_pool_dir)
+    return RoutedModel(tiny_loaded, pool=pool, router=EveryAdapterRouter(pool.task_to_adapter))
+
+
+@pytest.fixture
+def queries(engine):
+    """Two tasks whose references are what their own adapter answers: oracle EM is 100."""
+    out = []
+    for task, adapter, domain in (("task_b", "b", "dom1"), ("task_c", "c", "dom2")):
+        gens = engine.generate(PROMPTS, [engine.route_from_override([adapter])] * len(PROMPTS), max_new_tokens=4)
+        out += [Example(task=task, domain=domain, metric="em", inputs=p, targets=g.text) for p, g in zip(PROMPTS, gens)]
+    return out
+
+
+def test_the_oracle_reproduces_its_own_answers_and_is_the_100_percent_reference(engine, queries):
+    report = evaluate_e2e(engine, queries, strategies=["base", "oracle", "everything"], tasks=["task_b", "task_c"],
+                          limit_per_task=None, max_new_tokens=BUDGET, progress=False)
+    [res] = report.results
+    assert res.mean["oracle"] == 100.0 and res.pct_of_oracle["oracle"] == 100.0
+    assert {t.task: t.n for t in res.tasks} == {"task_b": 4, "task_c": 4}
+    assert set(res.domains) == {"dom1", "dom2"} and res.domains["dom1"]["oracle"] == 100.0
+    assert res.mean["base"] < 100.0  # the adapters really change the answers
+    assert len(res.samples) == 3 * 8
+
+
+def test_ood_mode_never_uses_the_query_own_adapter(engine, queries):
+    report = evaluate_e2e(engine, queries, strategies=["oracle", "everything"], ood_modes=(False, True),
+                          tasks=["task_b", "task_c"], limit_per_task=2, max_new_tokens=BUDGET, progress=False)
+    own = {"task_b": "b", "task_c": "c"}
+    id_res, ood_res = report.results
+    for sample in ood_res.samples:
+        if sample["strategy"] == "everything":
+            assert own[sample["task"]] not in sample["adapters"]
+            assert abs(sum(sample["adapters"].values()) - 1.0) < 1e-2
+    assert all(own[s["task"]] in s["adapters"] for s in id_res.samples if s["strategy"] == "everything")
+    # The oracle keeps the own adapter in both modes (it is the reference).
+    assert all(own[s["task"]] in s["adapters"] for s in ood_res.samples if s["strategy"] == "oracle")
+
+
+def test_each_distinct_prompt_and_route_is_generated_once(engine, queries):
+    report = evaluate_e2e(engine, queries, strategies=["base", "oracle"], ood_modes=(False, True),
+                          tasks=["task_b"], limit_per_task=3, max_new_tokens=BUDGET, progress=False)
+    assert report.generations == 3 * 2  # base and oracle are not re-generated for the OOD mode
+    assert report.results[0].mean == report.results[1].mean
+
+
+def test_reports_render_as_markdown_and_png(engine, queries, tmp_path):
+    report = evaluate_e2e(engine, queries, strategies=["base", "oracle"], tasks=["task_b", "task_c"],
+                          limit_per_task=1, max_new_tokens=BUDGET, progress=False)
+    text = markdown(report)
+    assert "| **mean** |" in text and "task_c" in text and "% of oracle" in text
+    table = per_adapter_markdown(report)
+    assert table.count("\n") == 2 + 2 + 1  # header, rule, two tasks, mean
+    png = plot(report, tmp_path / "e2e.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_query_selection_takes_the_first_n_of_each_wanted_task():
+    exs = [Example(task=t, inputs=f"{t} {i}", targets="x") for i in range(5) for t in ("a", "b", "c")]
+    chosen = select_queries(exs, ["a", "c"], 2)
+    assert [e.inputs for e in chosen] == ["a 0", "c 0", "a 1", "c 1"]
+
+
+def test_a_second_run_reuses_cached_answers(engine, queries, tmp_path):
+    cache = tmp_path / "answers.json"
+    kw = dict(tasks=["task_b"], limit_per_task=2, max_new_tokens=BUDGET, progress=False, cache=cache)
+    first = evaluate_e2e(engine, queries, strategies=["base", "oracle"], **kw)
+    engine.generate = None  # any generation now would fail: everything must come from the cache
+    second = evaluate_e2e(engine, queries, strategies=["oracle", "base"], **kw)
+    assert second.results[0].mean == first.results[0].mean
