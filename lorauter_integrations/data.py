@@ -110,7 +110,8 @@ def load_tasks(path: str | Path) -> list[TaskSet]:
 
 
 def bundled_data_dir() -> Path:
-    """The Flan data shipped in the repository (``data/flan``) or the package (``_data/flan``)."""
+    """The Flan data shipped in the package (``lorauter_integrations/_data/flan``, inside the wheel;
+    ``data/flan`` in the repository is a link to it)."""
     here = Path(__file__).resolve().parent
     for cand in (here / "_data" / "flan", here.parent / "data" / "flan"):
         if (cand / "validation.jsonl").exists():
