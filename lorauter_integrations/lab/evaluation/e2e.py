@@ -46,6 +46,16 @@ class TaskResult(BaseModel):
     scores: dict[str, float] = Field(description="Strategy -> task score (0-100).")
 
 
+class PairedDiff(BaseModel):
+    """``a`` minus ``b`` (mean task scores), with its paired bootstrap 95% interval."""
+
+    a: str
+    b: str
+    diff: float
+    ci95: tuple[float, float]
+    excludes_zero: bool
+
+
 class E2EResult(BaseModel):
     """One evaluation mode (ID or OOD) over all strategies."""
 
@@ -55,6 +65,12 @@ class E2EResult(BaseModel):
     domains: dict[str, dict[str, float]] = Field(description="Domain -> strategy -> mean task score.")
     mean: dict[str, float] = Field(description="Strategy -> mean task score.")
     pct_of_oracle: dict[str, float] = Field(description="Strategy -> mean / oracle mean x 100.")
+    ci95: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Strategy -> bootstrap 95% interval of the mean task score.")
+    paired: list[PairedDiff] = Field(
+        default_factory=list, description="Paired differences of means (same resampled queries for both).")
+    fallback_rate: dict[str, float] = Field(
+        default_factory=dict, description="Strategy -> share of queries routed to the base model (fallback).")
     samples: list[dict] = Field(default_factory=list, description="Per query: task, strategy, answer, score, adapters.")
 
 
@@ -129,6 +145,8 @@ def evaluate_e2e(
     progress: bool = True,
     keep_samples: bool = True,
     cache: str | Path | None = None,
+    bootstrap: int = 1000,
+    pairs: Sequence[tuple[str, str]] | None = None,
 ) -> E2EReport:
     """Generate and score every selected test query under every strategy and mode.
 
@@ -136,6 +154,9 @@ def evaluate_e2e(
     generation time that no adapter can change under ``oracle``). ``cache``: a JSON file of
     answers keyed by model, prompt, route and budget, so that later runs (more strategies, the
     other mode) only generate what is new; greedy decoding makes the answers reusable.
+    ``bootstrap``: resamples for the 95% intervals (queries resampled with replacement inside each
+    task, every strategy on the same resamples; 0: none). ``pairs``: (a, b) strategy pairs whose
+    paired difference is reported (default: lorauter minus oracle, retriever, uniform, base).
     """
     examples = read_jsonl(test) if isinstance(test, (str, Path)) else list(test)
     task_to_adapter = dict(engine.pool.task_to_adapter)
@@ -208,7 +229,14 @@ def evaluate_e2e(
                 scores={s: round(task_score(q.metric, [a for a, _ in pairs], [r for _, r in pairs]), 2)
                         for s, pairs in by_strategy.items()},
             ))
-        results.append(_summarise(ood, list(strategies), task_results, samples))
+        res = _summarise(ood, list(strategies), task_results, samples)
+        if bootstrap:
+            items = {t: {s: pairs_ for s, pairs_ in by_s.items()} for t, by_s in per_task.items()}
+            res.ci95, res.paired = bootstrap_intervals(items, {t: meta[t].metric for t in items}, list(strategies),
+                                                       pairs if pairs is not None else default_pairs(strategies),
+                                                       resamples=bootstrap)
+        res.fallback_rate = {s: round(sum(r.is_base for r in plans[(ood, s)]) / len(queries), 4) for s in strategies}
+        results.append(res)
     return E2EReport(
         test_file=str(test) if isinstance(test, (str, Path)) else "<examples>",
         limit_per_task=limit_per_task,
@@ -217,6 +245,78 @@ def evaluate_e2e(
         seconds=round(time.perf_counter() - start, 1),
         results=results,
     )
+
+
+def default_pairs(strategies: Sequence[str]) -> list[tuple[str, str]]:
+    """lorauter minus oracle, retriever, uniform and base (those of ``strategies``)."""
+    if "lorauter" not in strategies:
+        return []
+    return [("lorauter", b) for b in ("oracle", "retriever", "uniform", "base") if b in strategies]
+
+
+def _item_stats(metric: str, pairs: Sequence[tuple[str, str]]):
+    """Per query: its score (em, rouge) or its BLEU sufficient statistics (bleu), as an array."""
+    import numpy as np
+
+    if metric == "bleu":
+        from sacrebleu.metrics import BLEU
+
+        bleu = BLEU()
+        return np.asarray(bleu._extract_corpus_statistics([a for a, _ in pairs], [[r for _, r in pairs]]), dtype=float)
+    return np.asarray([score(metric, a, r) for a, r in pairs], dtype=float)
+
+
+def _task_scores(metric: str, stats, idx):
+    """Task score of every resample (rows of ``idx``): the mean item score, or corpus BLEU."""
+    import numpy as np
+
+    if metric != "bleu":
+        return stats[idx].mean(axis=1)
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU()
+    sums = stats[idx].sum(axis=1)  # (resamples, stats)
+    return np.asarray([bleu._compute_score_from_stats(list(row)).score for row in sums])
+
+
+def bootstrap_intervals(
+    items: dict[str, dict[str, list[tuple[str, str]]]],
+    metrics_: dict[str, str],
+    strategies: Sequence[str],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[dict[str, tuple[float, float]], list[PairedDiff]]:
+    """Percentile bootstrap of the mean task score (each task's queries resampled with
+    replacement, the same resample for every strategy, so differences are paired).
+
+    ``items``: task -> strategy -> [(answer, reference), ...] in the same query order for every
+    strategy. Returns strategy -> (low, high) and the paired differences of ``pairs``.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    totals = {s: np.zeros(resamples) for s in strategies}
+    for task in sorted(items):
+        by_s = items[task]
+        n = len(next(iter(by_s.values())))
+        idx = rng.integers(0, n, size=(resamples, n))
+        for s in strategies:
+            totals[s] += _task_scores(metrics_[task], _item_stats(metrics_[task], by_s[s]), idx)
+    means = {s: totals[s] / len(items) for s in strategies}
+    ci = {s: (round(float(np.percentile(m, 2.5)), 2), round(float(np.percentile(m, 97.5)), 2)) for s, m in means.items()}
+    point = {s: float(np.mean([task_score(metrics_[t], [a for a, _ in items[t][s]], [r for _, r in items[t][s]])
+                               for t in items])) for s in strategies}
+    paired = []
+    for a, b in pairs:
+        if a not in means or b not in means:
+            continue
+        d = means[a] - means[b]
+        lo, hi = float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+        paired.append(PairedDiff(a=a, b=b, diff=round(point[a] - point[b], 2), ci95=(round(lo, 2), round(hi, 2)),
+                                 excludes_zero=bool(lo > 0 or hi < 0)))
+    return ci, paired
 
 
 class _AnswerCache:
@@ -281,6 +381,16 @@ def markdown(report: E2EReport) -> str:
         lines.append("| **mean** | " + " | ".join(f"**{res.mean[s]:.1f}**" for s in res.strategies) + " |")
         if res.pct_of_oracle:
             lines.append("| % of oracle | " + " | ".join(f"{res.pct_of_oracle[s]:.0f}%" for s in res.strategies) + " |")
+        if res.ci95:
+            lines.append("| 95% CI | " + " | ".join(f"{res.ci95[s][0]:.1f}-{res.ci95[s][1]:.1f}" for s in res.strategies) + " |")
+        if res.fallback_rate:
+            lines.append("| base-model share | " + " | ".join(f"{res.fallback_rate[s]:.2f}" for s in res.strategies) + " |")
+        if res.paired:
+            lines += ["", "Paired differences of the mean (bootstrap 95% CI, same resampled queries):", "",
+                      "| difference | points | 95% CI | excludes 0 |", "|---|---:|---|---|"]
+            for p in res.paired:
+                lines.append(f"| {p.a} - {p.b} | {p.diff:+.2f} | {p.ci95[0]:+.2f} .. {p.ci95[1]:+.2f} | "
+                             f"{'yes' if p.excludes_zero else 'no'} |")
         lines += ["", "Per domain (mean of its tasks):", "", "| domain " + head, "|---" + rule]
         for domain, scores in res.domains.items():
             lines.append(f"| {domain} | " + " | ".join(f"{scores[s]:.1f}" for s in res.strategies) + " |")
@@ -316,11 +426,15 @@ def plot(report: E2EReport, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(1.3 * len(strategies) + 2, 4))
     for i, res in enumerate(report.results):
         xs = [j + (i - (len(report.results) - 1) / 2) * width for j in range(len(strategies))]
-        bars = ax.bar(xs, [res.mean[s] for s in strategies], width, label="OOD (own adapter excluded)" if res.ood else "ID")
+        yerr = None
+        if res.ci95:
+            yerr = [[res.mean[s] - res.ci95[s][0] for s in strategies], [res.ci95[s][1] - res.mean[s] for s in strategies]]
+        bars = ax.bar(xs, [res.mean[s] for s in strategies], width, yerr=yerr, capsize=3,
+                      label="OOD (own adapter excluded)" if res.ood else "ID")
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.set_xticks(range(len(strategies)), strategies)
     ax.set_ylabel("mean task score (0-100)")
-    ax.set_title(f"End-to-end quality, {report.model} ({report.limit_per_task or 'all'} queries/task)")
+    ax.set_title(f"End-to-end quality, {report.model} ({report.limit_per_task or 'all'} queries/task; bars: bootstrap 95% CI)")
     ax.legend()
     fig.tight_layout()
     path = Path(path)
