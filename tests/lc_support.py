@@ -26,14 +26,31 @@ SENTIMENT = "Is this review positive or negative? An absolute delight."
 TRANSLATION = "Translate to French: the weather is nice today."
 
 
-def count_engine_calls(monkeypatch, engine) -> list[int]:
-    """Record the batch size of every engine.generate call (the real method still runs)."""
-    calls: list[int] = []
-    real = engine.generate
+def run_together(engine, n: int, call):
+    """Run ``call()`` (which sends ``n`` requests) while the engine is held, release it once all ``n``
+    wait, and return ``(call's result, the most rows the decode loop ran in one step)``: ``n`` when
+    the requests shared the running batch."""
+    import threading
+    import time
 
-    def counting(prompts, routes=None, **kwargs):
-        calls.append(len(prompts))
-        return real(prompts, routes, **kwargs)
+    box: dict = {}
 
-    monkeypatch.setattr(engine, "generate", counting)
-    return calls
+    def run():
+        try:
+            box["result"] = call()
+        except BaseException as e:  # re-raised below
+            box["error"] = e
+
+    engine.loop.peak_rows = 0
+    with engine.activate(None):  # the decode loop waits meanwhile; requests queue up
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while engine.loop.waiting < n and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.loop.waiting == n, f"{engine.loop.waiting} of {n} requests queued"
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    if "error" in box:
+        raise box["error"]
+    return box["result"], engine.loop.peak_rows

@@ -3,7 +3,9 @@ token counting and batching (one definition, two models)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -13,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..calls import METADATA_KEY, generation_options
 from ..engine.protocol import Engine
 from ..errors import InvalidInputError
+
+
+# The override of the call being made, for `_params_identity`: LangChain keys its LLM cache by the
+# model's identifying params (completion models) or by the call's keywords (chat models).
+_CALL_OVERRIDE: ContextVar[Any] = ContextVar("lorauter_call_override", default=None)
 
 
 class RoutedModelParams(BaseModel):
@@ -62,14 +69,28 @@ class RoutedModelParams(BaseModel):
         return self
 
     def _params_identity(self) -> dict[str, Any]:
-        """The options that identify the model in traces and caches."""
-        return {
+        """The options that identify the model in traces and caches (with the call's override)."""
+        params = {
             "model_name": self.model_name,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "strategy": self.strategy or getattr(self.engine, "strategy", None),
         }
+        override = _CALL_OVERRIDE.get()
+        if override is not None:
+            params[METADATA_KEY] = override
+        return params
+
+    @contextmanager
+    def _call_scope(self, config: RunnableConfig | None, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Around one call: its override is part of the model's identity (so of the cache key)."""
+        kwargs = self._with_override(config, kwargs)
+        token = _CALL_OVERRIDE.set(kwargs.get(METADATA_KEY))
+        try:
+            yield kwargs
+        finally:
+            _CALL_OVERRIDE.reset(token)
 
     def _options(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Engine options: the call's kwargs over the model's fields, stops merged."""

@@ -101,11 +101,13 @@ class ChatLoRAuter(RoutedModelParams, BaseChatModel):
     # Overrides in a config travel as a keyword too, so that the LLM cache keys answers by route.
     def invoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
                stop: list[str] | None = None, **kwargs: Any) -> AIMessage:
-        return super().invoke(input, config, stop=stop, **self._with_override(config, kwargs))
+        with self._call_scope(config, kwargs) as kwargs:
+            return super().invoke(input, config, stop=stop, **kwargs)
 
     async def ainvoke(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
                       stop: list[str] | None = None, **kwargs: Any) -> AIMessage:
-        return await super().ainvoke(input, config, stop=stop, **self._with_override(config, kwargs))
+        with self._call_scope(config, kwargs) as kwargs:
+            return await super().ainvoke(input, config, stop=stop, **kwargs)
 
     def stream(self, input: LanguageModelInput, config: RunnableConfig | None = None, *,
                stop: list[str] | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:

@@ -51,11 +51,13 @@ class LoRAuterLLM(RoutedModelParams, LLM):
     # Overrides in a config travel as a keyword too, so that the LLM cache keys answers by route.
     def invoke(self, input: Any, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
                **kwargs: Any) -> str:
-        return super().invoke(input, config, stop=stop, **self._with_override(config, kwargs))
+        with self._call_scope(config, kwargs) as kwargs:
+            return super().invoke(input, config, stop=stop, **kwargs)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
                       **kwargs: Any) -> str:
-        return await super().ainvoke(input, config, stop=stop, **self._with_override(config, kwargs))
+        with self._call_scope(config, kwargs) as kwargs:
+            return await super().ainvoke(input, config, stop=stop, **kwargs)
 
     def stream(self, input: Any, config: RunnableConfig | None = None, *, stop: list[str] | None = None,
                **kwargs: Any) -> Iterator[str]:

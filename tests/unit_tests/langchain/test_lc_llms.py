@@ -7,7 +7,7 @@ from langchain_core.prompts import PromptTemplate
 
 from lorauter_integrations.langchain import LoRAuterCallbackHandler, LoRAuterLLM
 
-from lc_support import SENTIMENT, TRANSLATION, count_engine_calls
+from lc_support import SENTIMENT, TRANSLATION, run_together
 
 
 @pytest.fixture
@@ -23,11 +23,10 @@ def test_generate_attaches_each_prompts_route(llm):
     assert result.llm_output["token_usage"]["completion_tokens"] == sum(i["completion_tokens"] for i in infos)
 
 
-def test_batch_is_one_engine_call_and_equals_prompts_run_alone(llm, tiny_engine, monkeypatch):
+def test_batch_prompts_share_the_running_batch_and_equal_prompts_run_alone(llm, tiny_engine):
     alone = [llm.invoke(TRANSLATION), llm.invoke(SENTIMENT)]
-    calls = count_engine_calls(monkeypatch, tiny_engine)
-    assert llm.batch([TRANSLATION, SENTIMENT]) == alone
-    assert calls == [2]
+    out, rows = run_together(tiny_engine, 2, lambda: llm.batch([TRANSLATION, SENTIMENT]))
+    assert out == alone and rows == 2
 
 
 def test_stream_joins_to_the_invoke_answer_and_reaches_callbacks(llm):
@@ -44,11 +43,15 @@ def test_override_applies_to_the_call(llm):
     assert handler.records[-1].route.adapters == ["a"]
 
 
-async def test_async_batch_is_one_engine_call(llm, tiny_engine, monkeypatch):
-    calls = count_engine_calls(monkeypatch, tiny_engine)
-    out = await llm.abatch([TRANSLATION, SENTIMENT, TRANSLATION])
-    assert calls == [3]
+def test_async_batch_shares_the_running_batch(llm, tiny_engine):
+    import asyncio
+
+    out, rows = run_together(tiny_engine, 3, lambda: asyncio.run(llm.abatch([TRANSLATION, SENTIMENT, TRANSLATION])))
+    assert rows == 3
     assert out[0] == out[2]
+
+
+async def test_astream_yields_pieces(llm):
     assert [p async for p in llm.astream(TRANSLATION)]
 
 
@@ -58,7 +61,9 @@ def test_prompt_template_chain(llm):
 
 
 @pytest.mark.parametrize("use_async", [False, True])
-async def test_batch_routes_each_prompt_with_its_own_configs_override(llm, tiny_engine, monkeypatch, use_async):
+def test_batch_routes_each_prompt_with_its_own_configs_override(llm, tiny_engine, use_async):
+    import asyncio
+
     handler = LoRAuterCallbackHandler()
     configs = [
         {"callbacks": [handler], "metadata": {"lorauter": {"adapters": ["c"]}}},
@@ -70,25 +75,27 @@ async def test_batch_routes_each_prompt_with_its_own_configs_override(llm, tiny_
     expected = [r.route.adapters for r in handler.records]
     assert expected[0] == ["c"] and expected[1] == [] and expected[2] not in (["c"], [])
     handler.records.clear()
-    calls = count_engine_calls(monkeypatch, tiny_engine)
-    out = await llm.abatch(prompts, config=configs) if use_async else llm.batch(prompts, config=configs)
-    assert calls == [3]
+    out, rows = run_together(tiny_engine, 3, (lambda: asyncio.run(llm.abatch(prompts, config=configs))) if use_async
+                             else (lambda: llm.batch(prompts, config=configs)))
+    assert rows == 3
     assert out == alone
     assert sorted(map(tuple, (r.route.adapters for r in handler.records))) == sorted(map(tuple, expected))
 
 
-def test_batch_overrides_follow_their_prompts_when_a_cache_answers_some(tiny_engine, monkeypatch):
+def test_the_llm_cache_never_serves_the_answer_of_another_route(tiny_engine):
     from langchain_core.caches import InMemoryCache
 
     llm = LoRAuterLLM(engine=tiny_engine, max_tokens=6, cache=InMemoryCache())
-    llm.invoke(TRANSLATION)  # cached: the batch below sends only the other two prompts to the model
+    routed = llm.invoke(TRANSLATION)  # cached under the router's route
     handler = LoRAuterCallbackHandler()
-    calls = count_engine_calls(monkeypatch, tiny_engine)
-    llm.batch([TRANSLATION, SENTIMENT, TRANSLATION + " Please."], config=[
-        {"callbacks": [handler], "metadata": {"lorauter": {"strategy": "base"}}},
-        {"callbacks": [handler], "metadata": {"lorauter": {"adapters": ["c"]}}},
-        {"callbacks": [handler], "metadata": {"lorauter": {"strategy": "base"}}},
+    base = {"callbacks": [handler], "metadata": {"lorauter": {"strategy": "base"}}}
+    out = llm.batch([TRANSLATION, SENTIMENT, TRANSLATION], config=[
+        base, {"callbacks": [handler], "metadata": {"lorauter": {"adapters": ["c"]}}}, {"callbacks": [handler]},
     ])
-    assert calls == [2]
-    routed = sorted(tuple(r.route.adapters) for r in handler.records if r.route is not None)
-    assert routed == [(), ("c",)]
+    assert out[0] == tiny_engine.generate([TRANSLATION], [tiny_engine.route_from_override([])],
+                                          max_new_tokens=6)[0].text  # the base model's answer, not the cache's
+    assert out[2] == routed
+    records = {tuple(r.route.adapters) for r in handler.records if r.route is not None}
+    assert () in records and ("c",) in records
+    # the same override again is a cache hit
+    assert llm.invoke(TRANSLATION, config=base) == out[0]
