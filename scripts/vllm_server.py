@@ -218,7 +218,7 @@ def start() -> str:
             "--max-model-len", MAX_MODEL_LEN,
         ]
         log("$ " + " ".join(cmd))
-        logf = open(LOG, "ab")
+        logf = open(LOG, "ab")  # noqa: SIM115 - handed to the server process, closed here after Popen
         logf.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
         logf.flush()
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -1,0 +1,249 @@
+"""`VLLMEngine` against a real vLLM server (CPU) serving the demo model: no mocks.
+
+The server comes from ``make vllm-start`` (installs ``.venv-vllm`` on first use, ~3 min; ready in
+~2 min; ~5 GB RAM), or from ``LORAUTER_VLLM_URL`` when set. A server this session started is
+stopped at its end; one that was already running is left running.
+
+    .venv/bin/python -m pytest -q -m vllm tests/integration_tests/test_vllm_engine.py -s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER = ROOT / "scripts" / "vllm_server.py"
+PYTHON = "python3"
+
+
+@pytest.fixture(scope="session")
+def vllm_url():
+    url = os.environ.get("LORAUTER_VLLM_URL")
+    if url:
+        yield url.rstrip("/")
+        return
+    running = subprocess.run([PYTHON, str(SERVER), "status"], cwd=ROOT, capture_output=True, text=True,
+                             check=False)
+    started_here = running.returncode != 0
+    out = subprocess.run(["make", "--no-print-directory", "vllm-start"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=1800, env=dict(os.environ, HF_HUB_OFFLINE="1"), check=False)
+    if out.returncode != 0:
+        pytest.fail(f"make vllm-start failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    url = out.stdout.strip().splitlines()[-1]
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/v1"), out.stdout
+    try:
+        yield url
+    finally:
+        if started_here:
+            subprocess.run(["make", "--no-print-directory", "vllm-stop"], cwd=ROOT, timeout=180, check=False)
+
+
+@pytest.fixture(scope="session")
+def engine(vllm_url, tmp_path_factory):
+    from lorauter_integrations.engine.vllm import VLLMEngine
+
+    eng = VLLMEngine.demo(base_url=vllm_url, adapters_dir=tmp_path_factory.mktemp("vllm_adapters"))
+    yield eng
+    eng.unload_all()
+    eng.close()
+
+
+@pytest.fixture(scope="session")
+def local_engine():
+    from lorauter_integrations import RoutedModel
+
+    return RoutedModel.demo()
+
+
+def _test_queries(task: str, n: int) -> list[str]:
+    from lorauter_integrations.data import bundled_data_dir
+
+    out = []
+    with open(bundled_data_dir() / "test_dev.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            if rec["task"] == task and len(rec["inputs"]) < 1200:
+                out.append(rec["inputs"])
+                if len(out) == n:
+                    break
+    assert len(out) == n, task
+    return out
+
+
+# (adapters, weights, task whose test queries are used)
+PARITY_ROUTES = [
+    (["sst2"], [1.0], "sst2"),
+    (["wmt16_translate_deen"], [1.0], "wmt16_translate_deen"),
+    (["bool_q"], [1.0], "bool_q"),
+    (["copa"], [1.0], "copa"),
+    (["sentiment140", "sst2"], [0.3, 0.7], "yelp_polarity_reviews"),
+    (["arc_easy", "openbookqa"], [0.5, 0.5], "arc_challenge"),
+    (["glue_mrpc", "rte", "snli"], [0.2, 0.5, 0.3], "rte"),
+    (["copa", "cosmos_qa", "piqa"], [0.4, 0.35, 0.25], "piqa"),
+    ([], [], "common_gen"),
+]
+
+
+def _agreement(tok, a: str, b: str) -> tuple[int, int]:
+    """Tokens of the common prefix and the longer output's length (greedy decoding: after the
+    first differing token the rest is a different continuation, so it counts as disagreement)."""
+    ta, tb = tok(a, add_special_tokens=False)["input_ids"], tok(b, add_special_tokens=False)["input_ids"]
+    same = 0
+    for x, y in zip(ta, tb):
+        if x != y:
+            break
+        same += 1
+    return same, max(len(ta), len(tb), 1)
+
+
+def test_parity_with_local_engine(engine, local_engine):
+    from lorauter_integrations.route import Route
+
+    prompts, routes = [], []
+    for adapters, weights, task in PARITY_ROUTES:
+        route = (engine.route_from_override(adapters, weights) if adapters
+                 else Route(strategy="base", fallback=True))
+        for q in _test_queries(task, 2):
+            prompts.append(q)
+            routes.append(route)
+    t0 = time.monotonic()
+    remote = engine.generate(prompts, routes, max_new_tokens=24, temperature=0.0)
+    t_remote = time.monotonic() - t0
+    t0 = time.monotonic()
+    local = local_engine.generate(prompts, routes, max_new_tokens=24, temperature=0.0)
+    t_local = time.monotonic() - t0
+    same = total = exact = 0
+    lines = []
+    for p, r, g, h in zip(prompts, routes, remote, local):
+        s, n = _agreement(engine.tokenizer, g.text, h.text)
+        same, total, exact = same + s, total + n, exact + (g.text == h.text)
+        lines.append(f"{'+'.join(r.adapters) or 'base':38s} {s:3d}/{n:3d} {g.text[:40]!r} | {h.text[:40]!r}")
+        assert g.route == r and g.finish_reason in ("stop", "length")
+    print("\n".join(lines))
+    print(f"parity: {len(prompts)} prompts over {len(PARITY_ROUTES)} routes, {exact} identical texts, "
+          f"token agreement {same}/{total} = {same / total:.3f}; vLLM {t_remote:.1f} s, local {t_local:.1f} s")
+    assert len({tuple(r.adapters) for r in routes}) >= 8
+    assert same / total >= 0.95
+
+
+def test_routed_generate_and_usage(engine):
+    prompt = "Review: a joyless, clumsy film.\nIs this review positive or negative?"
+    [g] = engine.generate([prompt], max_new_tokens=8, temperature=0.0)
+    assert "sst2" in g.route.adapters and g.route.strategy == "lorauter"
+    assert g.text.strip() and g.prompt_tokens == engine.count_tokens(prompt) and g.completion_tokens >= 1
+    [short] = engine.generate([prompt], [engine.route_from_override(["sst2"])], max_new_tokens=1)
+    assert short.finish_reason == "length" and short.completion_tokens == 1
+    base_route = engine.route("x", strategy="base")
+    [free] = engine.generate(["Write a sentence about the sea."], [base_route], max_new_tokens=24)
+    words = free.text.split()
+    assert len(words) >= 4, free.text
+    stop = " " + words[3]
+    [stopped] = engine.generate(["Write a sentence about the sea."], [base_route], max_new_tokens=24, stop=[stop])
+    assert stopped.finish_reason == "stop" and stopped.text == free.text[:free.text.index(stop)]
+
+
+def test_stream_joins_generate(engine):
+    route = engine.route_from_override(["sst2", "sentiment140"], [0.6, 0.4])
+    for prompt in ["Review: the best film of the year.\nIs this review positive or negative?",
+                   [{"role": "system", "content": "Answer briefly."},
+                    {"role": "user", "content": "Translate to English: Das Haus ist klein."}]]:
+        [g] = engine.generate([prompt], [route], max_new_tokens=16)
+        chunks = list(engine.stream(prompt, route, max_new_tokens=16))
+        assert "".join(c.text for c in chunks) == g.text
+        assert chunks[-1].finish_reason == g.finish_reason
+        assert chunks[-1].completion_tokens == g.completion_tokens and chunks[-1].prompt_tokens == g.prompt_tokens
+
+        async def collect(prompt=prompt):
+            return [c async for c in engine.astream(prompt, route, max_new_tokens=16)], \
+                await engine.agenerate([prompt], [route], max_new_tokens=16)
+
+        achunks, [ag] = asyncio.run(collect())
+        assert "".join(c.text for c in achunks) == g.text == ag.text
+
+
+def test_one_load_per_composition_and_lru(engine):
+    route = engine.route_from_override(["rte", "snli"], [0.55, 0.45])
+    name = engine.composition_name(route)
+    loads = engine.stats["loads"]
+    errors = []
+
+    def call():
+        try:
+            engine.generate(["Premise: a dog runs. Hypothesis: an animal moves. Entailment?"], [route],
+                            max_new_tokens=2)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert engine.stats["loads"] - loads <= 1 and name in engine.loaded
+    # More compositions than max_loras: the least recently used idle ones are unloaded.
+    for w in (0.1, 0.2, 0.3, 0.4, 0.6):
+        engine.generate(["Is this review positive? great"], [engine.route_from_override(["sst2", "copa"], [w, 1 - w])],
+                        max_new_tokens=1)
+    assert len(engine.loaded) <= engine.max_loras
+    served = {m["id"] for m in engine._client.get("/models").json()["data"]}
+    assert set(engine.loaded) <= served
+
+
+def test_reload_when_server_forgot_adapter(engine):
+    route = engine.route_from_override(["piqa"])
+    engine.generate(["Goal: open a jar. Solution 1 or 2?"], [route], max_new_tokens=2)
+    name = engine.composition_name(route)
+    assert engine._client.post("/unload_lora_adapter", json={"lora_name": name}).status_code == 200
+    reloads = engine.stats["reloads"]
+    [g] = engine.generate(["Goal: open a jar. Solution 1 or 2?"], [route], max_new_tokens=2)
+    assert g.completion_tokens >= 1 and engine.stats["reloads"] == reloads + 1
+
+
+def test_unreachable_server_is_a_typed_error_quickly():
+    from lorauter_integrations.engine.vllm import VLLMEngine, VLLMUnreachableError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(VLLMUnreachableError, match="make vllm-start"):
+        VLLMEngine(f"http://127.0.0.1:{port}/v1", tokenizer=object())
+    assert time.monotonic() - t0 < 10
+
+
+def test_adapter_refused_is_a_typed_error(engine):
+    from lorauter_integrations.engine.vllm import AdapterRefusedError
+
+    # Five r=8 adapters mixed exactly: one adapter of rank 40 > the server's --max-lora-rank 32.
+    route = engine.route_from_override(["sst2", "copa", "rte", "snli", "piqa"])
+    with pytest.raises(AdapterRefusedError, match="max-lora-rank") as info:
+        engine.generate(["Is this review positive? great"], [route], max_new_tokens=2)
+    assert "rank 40" in str(info.value)
+    assert engine.composition_name(route) not in engine.loaded
+    # The engine still serves afterwards.
+    [g] = engine.generate(["Is this review positive? great"], [engine.route_from_override(["sst2"])], max_new_tokens=2)
+    assert g.text
+
+
+def test_chat_loratuer_on_vllm(engine):
+    from lorauter_integrations.langchain import ChatLoRAuter
+
+    llm = ChatLoRAuter(engine=engine, max_tokens=12)
+    msg = llm.invoke("Review: a joyless, clumsy film.\nIs this review positive or negative?")
+    assert msg.content.strip()
+    meta = msg.response_metadata["lorauter"]
+    assert "sst2" in meta["adapters"]
+    streamed = "".join(c.content for c in llm.stream("Translate to English: Das Haus ist klein."))
+    assert streamed.strip()
