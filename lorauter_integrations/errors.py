@@ -49,6 +49,10 @@ class UnknownAdapterError(AdapterError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ManifestError(AdapterError, ValueError):
+    """A pool's adapters.json is malformed (wrong types, repeated ids, not JSON...)."""
+
+
 class IncompatibleAdapterError(AdapterError):
     """An adapter was trained for another base model, other modules or other shapes."""
 

@@ -20,6 +20,8 @@ dropped and its revision bumped so cached compositions built from it are never r
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -30,8 +32,8 @@ from typing import Iterable, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import AdapterError, IncompatibleAdapterError, UnknownAdapterError
+from .manifest import MANIFEST, load_manifest
 
-MANIFEST = "adapters.json"
 _SAFE_WEIGHTS = "adapter_model.safetensors"
 _PICKLE_WEIGHTS = "adapter_model.bin"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -43,6 +45,11 @@ _UNSUPPORTED_FLAGS = (
     "use_dora", "lora_bias", "alora_invocation_tokens", "target_parameters", "trainable_token_indices",
     "layer_replication",
 )
+#: Tensor dtypes an adapter may be stored in (safetensors header names and torch names).
+ACCEPTED_DTYPES = ("float16", "bfloat16", "float32")
+_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+#: A LoRA factor value beyond this is not a trained adapter (it overflows fp16 and wrecks outputs).
+MAX_ABS_VALUE = 1e6
 
 
 class AdapterRecord(BaseModel):
@@ -62,6 +69,10 @@ class AdapterRecord(BaseModel):
     scaling: dict[str, float] = Field(description="Target module name -> LoRA scaling (alpha / r).")
     weights_format: Literal["safetensors", "pickle"] = "safetensors"
     revision: int = Field(default=0, description="Bumped on every (re-)registration of this id.")
+    files: dict[str, tuple[int, int]] = Field(
+        default_factory=dict,
+        description="File read at registration -> (size, mtime_ns): a change on disk triggers a reload.",
+    )
 
 
 @dataclass(frozen=True)
@@ -145,23 +156,11 @@ class AdapterPool:
             raise AdapterError(f"adapter pool directory not found: {root_path}")
         pool = cls(root_path, **kwargs)
         manifest = root_path / MANIFEST
-        if manifest.exists():
-            try:
-                data = json.loads(manifest.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise AdapterError(f"{manifest}: not a readable JSON manifest ({exc})") from exc
-            if not isinstance(data, dict) or not isinstance(data.get("adapters"), list):
-                raise AdapterError(f"{manifest}: expected {{'base_model': ..., 'adapters': [...]}}")
-            pool.base_model = data.get("base_model")
-            for entry in data["adapters"]:
-                if not isinstance(entry, dict) or "id" not in entry:
-                    raise AdapterError(f"{manifest}: every adapter entry needs an 'id' ({entry!r})")
-                pool.register(
-                    entry["id"],
-                    entry.get("path", entry["id"]),
-                    tasks=entry.get("tasks", ()),
-                    description=entry.get("description", ""),
-                )
+        if manifest.exists() or manifest.is_symlink():
+            data = load_manifest(pool._confined_file(root_path, MANIFEST))
+            pool.base_model = data.base_model
+            for entry in data.adapters:
+                pool.register(entry.id, entry.path, tasks=entry.tasks, description=entry.description)
         else:
             for sub in sorted(p for p in root_path.iterdir() if (p / "adapter_config.json").exists()):
                 pool.register(sub.name, sub.name)
@@ -197,6 +196,12 @@ class AdapterPool:
             raise AdapterError(
                 f"invalid adapter id {adapter_id!r}: use letters, digits, '.', '_' or '-' (no path separators)"
             )
+        if isinstance(tasks, (str, bytes)) or not all(isinstance(t, str) and t for t in tasks):
+            raise AdapterError(f"tasks of adapter {adapter_id!r} must be a list of task ids, got {tasks!r}")
+        if not isinstance(description, str):
+            raise AdapterError(f"the description of adapter {adapter_id!r} must be a string")
+        if not isinstance(path, (str, Path)) or (isinstance(path, str) and not path):
+            raise AdapterError(f"the path of adapter {adapter_id!r} must be a folder name, got {path!r}")
         folder = self._resolve(path)
         record = self._read_record(adapter_id, folder, list(tasks), description)
         with self._lock:
@@ -279,10 +284,14 @@ class AdapterPool:
 
     def _resolve(self, path: str | Path) -> Path:
         raw = Path(path)
-        if self.root is None:
-            folder = raw.resolve()
-        else:
-            folder = (raw if raw.is_absolute() else self.root / raw).resolve()
+        try:
+            if self.root is None:
+                folder = raw.resolve()
+            else:
+                folder = (raw if raw.is_absolute() else self.root / raw).resolve()
+        except (OSError, ValueError, RuntimeError) as exc:  # NUL bytes, symlink loops, too long
+            raise AdapterError(f"adapter path {str(path)!r} cannot be resolved ({exc})") from None
+        if self.root is not None:
             if not folder.is_relative_to(self.root):
                 raise AdapterError(
                     f"adapter path {str(path)!r} escapes the pool directory {self.root}: "
@@ -292,14 +301,44 @@ class AdapterPool:
             raise AdapterError(f"adapter folder not found: {folder}")
         return folder
 
+    def _confined_file(self, folder: Path, name: str) -> Path:
+        """``folder/name`` with every symlink resolved; refused unless it stays inside the pool
+        directory (or, for a pool without one, inside the adapter folder). Missing files come back
+        unresolved (the caller says what is missing)."""
+        path = Path(folder) / name
+        try:
+            real = path.resolve(strict=True)
+        except FileNotFoundError:
+            return path
+        except (OSError, RuntimeError, ValueError) as exc:  # symlink loops, permissions
+            raise AdapterError(f"{path}: cannot be resolved ({exc})") from None
+        bound = self.root if self.root is not None else Path(folder).resolve()
+        if not real.is_relative_to(bound):
+            raise AdapterError(
+                f"{path} resolves to {real}, outside the pool directory {bound}: every file of an adapter "
+                "must be inside the pool (copy it in instead of linking to it)"
+            )
+        if not real.is_file():
+            raise AdapterError(f"{path}: not a regular file")
+        return real
+
+    @staticmethod
+    def _stat(path: Path) -> tuple[int, int]:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+
     def _read_record(self, adapter_id: str, folder: Path, tasks: list[str], description: str) -> AdapterRecord:
-        config_path = folder / "adapter_config.json"
+        config_path = self._confined_file(folder, "adapter_config.json")
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise AdapterError(f"{folder}: no adapter_config.json (is this a PEFT adapter folder?)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except RecursionError:
+            raise AdapterError(f"{config_path}: JSON nested too deeply; not an adapter config") from None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise AdapterError(f"{config_path}: unreadable ({exc})") from exc
+        if not isinstance(config, dict):
+            raise AdapterError(f"{config_path}: expected a JSON object (a PEFT LoraConfig), got {type(config).__name__}")
         if str(config.get("peft_type", "LORA")).upper() != "LORA":
             raise IncompatibleAdapterError(f"{folder}: peft_type {config.get('peft_type')!r} is not LoRA")
         for flag in _UNSUPPORTED_FLAGS:
@@ -309,8 +348,24 @@ class AdapterPool:
             raise IncompatibleAdapterError(
                 f"{folder}: modules_to_save {config['modules_to_save']} is not supported (LoRA factors only)"
             )
+        alpha = _config_number(config_path, "lora_alpha", config.get("lora_alpha", config.get("r", 8)))
+        alpha_pattern = config.get("alpha_pattern") or {}
+        if not isinstance(alpha_pattern, dict):
+            raise AdapterError(f"{config_path}: alpha_pattern must be an object of pattern -> alpha")
+        patterns = []
+        for pattern, value in alpha_pattern.items():
+            try:
+                compiled = re.compile(rf"(.*\.)?({pattern})$")
+            except (re.error, RecursionError, OverflowError) as exc:
+                raise AdapterError(
+                    f"{config_path}: alpha_pattern key {pattern!r} is not a valid regular expression ({exc})"
+                ) from None
+            patterns.append((compiled, _config_number(config_path, f"alpha_pattern[{pattern!r}]", value)))
+        use_rslora = config.get("use_rslora", False)
+        if not isinstance(use_rslora, bool):
+            raise AdapterError(f"{config_path}: use_rslora must be true or false, got {use_rslora!r}")
 
-        shapes, fmt = self._read_shapes(folder)
+        shapes, fmt, weights_path = self._read_shapes(folder)
         modules: dict[str, dict[str, tuple[int, ...]]] = {}
         for key, shape in shapes.items():
             m = _KEY_RE.match(key)
@@ -321,9 +376,6 @@ class AdapterPool:
                 )
             modules.setdefault(m["module"], {})[m["side"]] = tuple(shape)
 
-        alpha = float(config.get("lora_alpha", config.get("r", 8)))
-        alpha_pattern = config.get("alpha_pattern") or {}
-        use_rslora = bool(config.get("use_rslora", False))
         info: dict[str, tuple[int, int, int]] = {}
         scaling: dict[str, float] = {}
         for name, sides in modules.items():
@@ -332,10 +384,13 @@ class AdapterPool:
             (r, n_in), (n_out, r_b) = sides["A"], sides["B"]
             if r != r_b:
                 raise AdapterError(f"{folder}: module '{name}' has lora_A rank {r} but lora_B rank {r_b}")
+            if r < 1 or n_in < 1 or n_out < 1:
+                raise AdapterError(f"{folder}: module '{name}' has rank {r} (in {n_in}, out {n_out}); a LoRA "
+                                   "factor needs rank >= 1 and non-empty shapes")
             a = alpha
-            for pattern, value in alpha_pattern.items():  # PEFT's rule: key matches a name suffix
-                if re.match(rf"(.*\.)?({pattern})$", name):
-                    a = float(value)
+            for compiled, value in patterns:  # PEFT's rule: key matches a name suffix
+                if compiled.match(name):
+                    a = value
                     break
             info[name] = (r, n_in, n_out)
             scaling[name] = a / (r**0.5 if use_rslora else r)
@@ -346,30 +401,53 @@ class AdapterPool:
             path=folder,
             tasks=tasks,
             description=description,
-            base_model=config.get("base_model_name_or_path"),
+            base_model=config.get("base_model_name_or_path") if isinstance(
+                config.get("base_model_name_or_path"), str) else None,
             rank=max(r for r, _, _ in info.values()),
             modules=info,
             scaling=scaling,
             weights_format=fmt,
+            files={"adapter_config.json": self._stat(config_path), weights_path.name: self._stat(weights_path)},
         )
 
-    def _read_shapes(self, folder: Path) -> tuple[dict[str, tuple[int, ...]], Literal["safetensors", "pickle"]]:
-        safe = folder / _SAFE_WEIGHTS
+    def _read_shapes(
+        self, folder: Path
+    ) -> tuple[dict[str, tuple[int, ...]], Literal["safetensors", "pickle"], Path]:
+        """Shapes of every tensor, after checking dtypes and values (NaN/inf/absurd are refused)."""
+        safe = self._confined_file(folder, _SAFE_WEIGHTS)
         if safe.exists():
             from safetensors import safe_open
 
             try:
                 with safe_open(str(safe), framework="pt") as f:
-                    return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, "safetensors"
+                    shapes = {}
+                    for k in f.keys():
+                        sl = f.get_slice(k)
+                        dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype())
+                        if dtype is None:
+                            raise AdapterError(
+                                f"{safe}: tensor '{k}' is {sl.get_dtype()}; accepted dtypes: "
+                                f"{', '.join(ACCEPTED_DTYPES)} (re-export the adapter in one of them)"
+                            )
+                        shapes[k] = tuple(sl.get_shape())
+                        if _KEY_RE.match(k):
+                            _check_values(safe, k, f.get_tensor(k))
+                    return shapes, "safetensors", safe
+            except AdapterError:
+                raise
             except Exception as exc:  # safetensors raises its own error types for bad headers
                 raise AdapterError(f"{safe}: corrupt or truncated safetensors file ({exc}); re-export it") from exc
-        if (folder / _PICKLE_WEIGHTS).exists():
+        pickled = self._confined_file(folder, _PICKLE_WEIGHTS)
+        if pickled.exists():
             if not self.allow_pickle:
                 raise AdapterError(
                     f"{folder}: only a pickle file ({_PICKLE_WEIGHTS}) found; pickle can run code when "
                     "loaded. Convert it to safetensors, or pass allow_pickle=True if you trust it"
                 )
-            return {k: tuple(v.shape) for k, v in self._load_pickle(folder / _PICKLE_WEIGHTS).items()}, "pickle"
+            tensors = self._load_pickle(pickled)
+            for k, v in tensors.items():
+                _check_tensor(pickled, k, v)
+            return {k: tuple(v.shape) for k, v in tensors.items()}, "pickle", pickled
         raise AdapterError(f"{folder}: no {_SAFE_WEIGHTS} found")
 
     @staticmethod
@@ -377,9 +455,13 @@ class AdapterPool:
         import torch
 
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            tensors = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise AdapterError(f"{path}: cannot load pickle weights ({exc})") from exc
+        if not isinstance(tensors, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                    for k, v in tensors.items()):
+            raise AdapterError(f"{path}: expected a dict of tensor name -> tensor")
+        return tensors
 
     def _check(self, record: AdapterRecord) -> None:
         """Base id, target modules and shapes against the bound model (no-op until bind())."""
@@ -401,15 +483,37 @@ class AdapterPool:
                     f"has {self._shapes[name]}: it was trained for another model size"
                 )
 
+    def _changed_on_disk(self, record: AdapterRecord) -> bool:
+        for name, stat in record.files.items():
+            try:
+                if self._stat(record.path / name) != tuple(stat):
+                    return True
+            except OSError:
+                return True
+        return False
+
+    def _reload_record(self, record: AdapterRecord) -> AdapterRecord:
+        """Register an adapter again from its folder (its files changed since registration)."""
+        fresh = self._read_record(record.id, record.path, list(record.tasks), record.description)
+        self._check(fresh)
+        self._revision += 1
+        fresh = fresh.model_copy(update={"revision": self._revision})
+        self._records[record.id] = fresh
+        return fresh
+
     def _load(self, record: AdapterRecord) -> AdapterWeights:
         import torch
 
+        if self._changed_on_disk(record):
+            # Replaced since registration (e.g. retrained with another rank): read its config and
+            # header again, so the tensors are never used with the old record's rank and scaling.
+            record = self._reload_record(record)
         if record.weights_format == "pickle":
-            tensors = self._load_pickle(record.path / _PICKLE_WEIGHTS)
+            tensors = self._load_pickle(self._confined_file(record.path, _PICKLE_WEIGHTS))
         else:
             from safetensors.torch import load_file
 
-            path = record.path / _SAFE_WEIGHTS
+            path = self._confined_file(record.path, _SAFE_WEIGHTS)
             try:
                 tensors = load_file(str(path), device="cpu")
             except Exception as exc:
@@ -419,11 +523,52 @@ class AdapterPool:
         for key, tensor in tensors.items():
             m = _KEY_RE.match(key)
             if m is not None:
+                _check_tensor(record.path, key, tensor)
                 factors.setdefault(m["module"], {})[m["side"]] = tensor.to(device=self._device, dtype=dtype)
-        if set(factors) != set(record.modules):
-            raise AdapterError(f"{record.path}: weights changed on disk since registration; register it again")
+        shapes = {name: (f["A"].shape[0] if "A" in f else -1, f["A"].shape[1] if "A" in f else -1,
+                         f["B"].shape[0] if "B" in f else -1) for name, f in factors.items()}
+        if shapes != {name: tuple(v) for name, v in record.modules.items()}:
+            raise AdapterError(f"{record.path}: weights changed on disk while being read; try again "
+                               "(or register the adapter again)")
         modules = {
             name: LoRAModuleWeights(A=f["A"].contiguous(), B=f["B"].contiguous(), scaling=record.scaling[name])
             for name, f in factors.items()
         }
         return AdapterWeights(adapter_id=record.id, revision=record.revision, modules=modules)
+
+
+def _config_number(path: Path, name: str, value) -> float:
+    """A finite real number from an adapter config (not a bool, a string or NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AdapterError(f"{path}: {name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or abs(value) > MAX_ABS_VALUE:
+        raise AdapterError(f"{path}: {name} must be a finite number of reasonable size, got {value!r}")
+    return value
+
+
+def _check_tensor(path: Path, key: str, tensor) -> None:
+    import torch
+
+    names = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype not in names:
+        got = getattr(tensor, "dtype", type(tensor).__name__)
+        raise AdapterError(f"{path}: tensor '{key}' is {got}; accepted dtypes: {', '.join(ACCEPTED_DTYPES)} "
+                           "(re-export the adapter in one of them)")
+    _check_values(path, key, tensor)
+
+
+def _check_values(path: Path, key: str, tensor) -> None:
+    """Refuse NaN, inf and absurd magnitudes: such an adapter silently wrecks every output."""
+    import torch
+
+    if tensor.numel() == 0:
+        return
+    t = tensor.float()
+    if not bool(torch.isfinite(t).all()):
+        raise AdapterError(f"{path}: tensor '{key}' holds NaN or infinite values; the adapter is broken "
+                           "(re-train or re-export it)")
+    peak = float(t.abs().max())
+    if peak > MAX_ABS_VALUE:
+        raise AdapterError(f"{path}: tensor '{key}' holds values up to {peak:.3g} (more than {MAX_ABS_VALUE:g} "
+                           "in absolute value); the adapter is broken (re-train or re-export it)")
