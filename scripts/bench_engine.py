@@ -29,6 +29,7 @@ import time
 import torch
 
 from lorauter_integrations.data import bundled_data_dir, read_jsonl
+from lorauter_integrations.demo import DEMO_POOL_DIR
 from lorauter_integrations.engine import RoutedModel
 from lorauter_integrations.adapters.pool import AdapterPool
 from lorauter_integrations.route import Route
@@ -69,11 +70,9 @@ def main() -> None:
     _clock = time.process_time if args.clock == "cpu" else time.perf_counter
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
 
-    from pathlib import Path
 
-    from lorauter_integrations import pool as pool_module
 
-    pool = AdapterPool.from_dir(args.pool or Path(pool_module.__file__).parent / "_adapters" / "flan")
+    pool = AdapterPool.from_dir(args.pool or DEMO_POOL_DIR)
     engine = RoutedModel("demo", pool=pool, prepack=False if args.no_prepack else None)
     engine.eos_token_ids = frozenset()  # decode exactly --tokens tokens in every mode
     ids = pool.ids

@@ -164,6 +164,15 @@ class RoutedModel:
         self.loop.merge = bool(value)
 
     @property
+    def eos_token_ids(self) -> frozenset:
+        """Token ids that end a request."""
+        return self.loop.eos_ids
+
+    @eos_token_ids.setter
+    def eos_token_ids(self, ids) -> None:
+        self.loop.eos_ids = frozenset(ids)
+
+    @property
     def max_batch_size(self) -> int:
         return self.loop.max_rows
 

@@ -58,6 +58,8 @@ TARGETS: dict[str, tuple[str, float]] = {
     "merged_vs_base": (">=", 0.97),
     "mixture_vs_base": (">=", 0.85),
     "mixed_batch_speedup": (">=", 3.0),
+    "concurrent_callers_speedup": (">=", 3.0),  # 16 independent callers together vs one by one
+    "concurrent_routed_vs_unrouted": (">=", 0.9),  # routed rows vs the same rows on the base model
     "routing_recall_at1_10k": (">=", 0.99),  # HNSW answers vs an exact search (not in issue 6's list)
 }
 
@@ -82,6 +84,9 @@ class BenchConfig(BaseModel):
     batch_repeats: int = Field(default=3, description="Repetitions of batched vs sequential.")
     batch_nn_linear: bool = Field(default=True, description="Also run the mixed batch with plain nn.Linear layers "
                                                             "(no oneDNN-packed weights), for comparison.")
+    callers: int = Field(default=16, description="Independent callers (threads) of the concurrent-callers phase.")
+    caller_routes: int = Field(default=8, description="Distinct routes among the concurrent callers.")
+    caller_stagger_s: float = Field(default=0.02, description="Delay between the callers' arrivals.")
     compose_repeats: int = Field(default=20, description="Repetitions of each composition timing.")
     peft_repeats: int = Field(default=5, description="Repetitions of each naive PEFT merge.")
     noisy_pool_size: int = Field(default=1536, description="Adapters in the noisy pool.")
@@ -535,6 +540,69 @@ def bench_mixed_batch(engine, prompts: Sequence[str], adapters: Sequence[str], t
     }
 
 
+def bench_concurrent_callers(engine, prompts: Sequence[str], routes: Sequence, tokens: int,
+                             stagger_s: float = 0.02) -> dict:
+    """Independent callers (one thread and one streamed request each, arriving ``stagger_s`` apart)
+    served together by the decode loop, vs the same requests one by one, vs the same rows with no
+    adapters (base model): throughput, request latency, time to first token, inter-token gaps."""
+    import threading
+
+    def one(prompt: str, route, start: threading.Event | None = None, delay: float = 0.0) -> dict:
+        if start is not None:
+            start.wait()
+        time.sleep(delay)
+        t0 = time.perf_counter()
+        stamps = []
+        for chunk in engine.stream(prompt, route, max_new_tokens=tokens):
+            stamps.append(time.perf_counter())
+        return {"latency": stamps[-1] - t0, "ttft": stamps[0] - t0,
+                "gaps": [b - a for a, b in zip(stamps, stamps[1:])]}
+
+    def together(rs) -> tuple[float, list[dict]]:
+        start, results = threading.Event(), [None] * len(prompts)
+
+        def run(i: int) -> None:
+            results[i] = one(prompts[i], rs[i], start, i * stagger_s)
+
+        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        t0 = time.perf_counter()
+        start.set()
+        for t in threads:
+            t.join(timeout=3600)
+        return time.perf_counter() - t0, results
+
+    base = [engine.route_from_override([])] * len(prompts)
+    for p, r in zip(prompts, routes):  # compositions cached, shapes seen
+        engine.generate([p], [r], max_new_tokens=2)
+    together(base)
+    engine.loop.peak_rows = 0
+    routed_s, routed = together(routes)
+    peak_rows = engine.loop.peak_rows
+    unrouted_s, _ = together(base)
+    t0 = time.perf_counter()
+    for p, r in zip(prompts, routes):
+        one(p, r)
+    sequential_s = time.perf_counter() - t0
+    latency = [r["latency"] for r in routed]
+    ttft = [r["ttft"] for r in routed]
+    gaps = [g for r in routed for g in r["gaps"]]
+    n_tokens = len(prompts) * tokens
+    return {
+        "callers": len(prompts), "distinct_routes": len({r.key() for r in routes}), "tokens": tokens,
+        "arrival_stagger_s": stagger_s, "peak_rows_per_step": peak_rows,
+        "concurrent_s": _r(routed_s), "sequential_s": _r(sequential_s), "unrouted_s": _r(unrouted_s),
+        "concurrent_tok_s": _r(n_tokens / routed_s, 1), "sequential_tok_s": _r(n_tokens / sequential_s, 1),
+        "unrouted_tok_s": _r(n_tokens / unrouted_s, 1),
+        "speedup": _r(sequential_s / routed_s), "routed_vs_unrouted": _r(unrouted_s / routed_s),
+        "latency_p50_s": _r(_pct(latency, 50)), "latency_p99_s": _r(_pct(latency, 99)),
+        "ttft_p50_s": _r(_pct(ttft, 50)), "ttft_p99_s": _r(_pct(ttft, 99)),
+        "inter_token_p50_ms": _r(_pct(gaps, 50) * 1e3, 1), "inter_token_p99_ms": _r(_pct(gaps, 99) * 1e3, 1),
+        "inter_token_max_ms": _r(max(gaps) * 1e3, 1),
+    }
+
+
 # ----------------------------------------------------------------------------- noisy pool
 def bench_noisy_pool(loaded, demo_pool, task_sets, test_examples, store, cfg: BenchConfig, out_root: Path,
                      progress: bool) -> dict:
@@ -660,7 +728,7 @@ def run_bench(quick: bool = False, *, config: BenchConfig | None = None, threads
     data_dir = bundled_data_dir()
     task_sets = load_tasks(data_dir / "validation.jsonl")
     test = read_jsonl(data_dir / "test_dev.jsonl")
-    pool_dir = Path(__file__).parent / "_adapters" / "flan"
+    from ..demo import DEMO_POOL_DIR as pool_dir
     loaded = load_base_model("demo")
     pool = AdapterPool.from_dir(pool_dir)
     if len(pool) < 3:
@@ -686,7 +754,7 @@ def run_bench(quick: bool = False, *, config: BenchConfig | None = None, threads
     mark("routing")
 
     engine = RoutedModel(loaded, pool=pool, store=stores[small][0])
-    engine.eos_token_ids = frozenset()  # decode exactly `tokens` tokens in every mode
+    engine.loop.eos_ids = frozenset()  # decode exactly `tokens` tokens in every mode
     # The three adapters of the composition benchmarks: the first three of the pool.
     adapters = pool.ids[:3]
     peft_model = _peft_model(loaded, pool, adapters)
@@ -713,11 +781,18 @@ def run_bench(quick: bool = False, *, config: BenchConfig | None = None, threads
     if cfg.batch_nn_linear and engine.composer.packed is not None:
         log("mixed batch again with plain nn.Linear layers (no packed weights)")
         plain = RoutedModel(loaded, pool=pool, store=stores[small][0], prepack=False)
-        plain.eos_token_ids = frozenset()
+        plain.loop.eos_ids = frozenset()
         batch["nn_linear"] = bench_mixed_batch(plain, batch_prompts, pool.ids, cfg.tokens, cfg.batch_repeats,
                                                cfg.warmup_tokens)
         del plain
     mark("mixed_batch")
+
+    callers = [e.inputs for e in test if len(e.inputs) < 400][:: max(1, len(test) // (4 * cfg.callers))][: cfg.callers]
+    distinct = _distinct_routes(engine, callers[: cfg.caller_routes], pool.ids)
+    caller_routes = [distinct[i % len(distinct)] for i in range(len(callers))]
+    log(f"concurrent callers: {len(callers)} threads, {len(distinct)} routes, {cfg.tokens} tokens each")
+    concurrent = bench_concurrent_callers(engine, callers, caller_routes, cfg.tokens, cfg.caller_stagger_s)
+    mark("concurrent_callers")
 
     log(f"noisy pool: {cfg.noisy_pool_size} adapters, mapping {cfg.mapping_tasks} task(s) by successive halving")
     noisy = bench_noisy_pool(loaded, pool, task_sets, test, stores[small][0], cfg, bench_root, progress)
@@ -748,6 +823,10 @@ def run_bench(quick: bool = False, *, config: BenchConfig | None = None, threads
         "routed_vs_base": generation["vs_base"]["routed"],
         "mixed_batch_speedup": batch["speedup"],
         "mixed_batch_speedup_nn_linear": batch["nn_linear"]["speedup"] if "nn_linear" in batch else None,
+        "concurrent_callers_speedup": concurrent["speedup"],
+        "concurrent_routed_vs_unrouted": concurrent["routed_vs_unrouted"],
+        "concurrent_latency_p50_s": concurrent["latency_p50_s"],
+        "concurrent_ttft_p50_s": concurrent["ttft_p50_s"],
         "noisy_pool_size": noisy["pool_size"],
         "noisy_mapping_correct": noisy["mapping"]["correct"],
         "peak_rss_mb": _r(_peak_rss_mb(), 0),
@@ -770,6 +849,7 @@ def run_bench(quick: bool = False, *, config: BenchConfig | None = None, threads
         "composition": composition,
         "generation": generation,
         "batch": batch,
+        "concurrent_callers": concurrent,
         "noisy_pool": noisy,
         "rss_mb": rss,
         "seconds_per_phase": phase_s,
@@ -830,6 +910,21 @@ def plot_bench(results: dict, out_dir: str | Path) -> list[Path]:
     ax.set_ylabel("seconds")
     ax.set_title(f"{b['requests']} requests, {b['distinct_routes']} routes: {b['speedup']:.1f}x")
     save(fig, "batch_speedup.png")
+
+    c = results.get("concurrent_callers")
+    if c:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
+        ax1.bar(["one by one", "together,\nrouted", "together,\nno adapters"],
+                [c["sequential_tok_s"], c["concurrent_tok_s"], c["unrouted_tok_s"]],
+                color=["tab:gray", "tab:blue", "tab:green"])
+        ax1.set_ylabel("tokens/s (all callers)")
+        ax1.set_title(f"{c['callers']} callers, {c['distinct_routes']} routes: {c['speedup']:.1f}x")
+        ax2.bar(["latency p50", "latency p99", "first token p50", "first token p99"],
+                [c["latency_p50_s"], c["latency_p99_s"], c["ttft_p50_s"], c["ttft_p99_s"]], color="tab:blue")
+        ax2.set_ylabel("seconds per request")
+        ax2.set_title(f"inter-token p50 {c['inter_token_p50_ms']} ms, p99 {c['inter_token_p99_ms']} ms")
+        ax2.tick_params(axis="x", labelsize=8)
+        save(fig, "concurrent_callers.png")
 
     comp = results["composition"]["per_strategy"]
     names = list(comp)
@@ -904,6 +999,19 @@ def markdown_report(results: dict) -> str:
     out += [f"### Mixed batch: {b['requests']} requests, {b['distinct_routes']} different routes", "",
             _table(["linear layers", "sequential (switching) s", "one batch s", "speedup", "batched tokens/s",
                     "identical outputs"], rows), ""]
+    c = results.get("concurrent_callers")
+    if c:
+        out += [f"### Concurrent callers: {c['callers']} threads, {c['distinct_routes']} routes, {c['tokens']} tokens "
+                f"each, arriving {c['arrival_stagger_s']} s apart (up to {c['peak_rows_per_step']} rows per step)", "",
+                _table(["", "seconds", "tokens/s"],
+                       [["one by one", c["sequential_s"], c["sequential_tok_s"]],
+                        ["together, each with its route", c["concurrent_s"], c["concurrent_tok_s"]],
+                        ["together, no adapters (base)", c["unrouted_s"], c["unrouted_tok_s"]]]), "",
+                _table(["speedup", "routed / unrouted", "latency p50 / p99 s", "first token p50 / p99 s",
+                        "inter-token p50 / p99 / max ms"],
+                       [[c["speedup"], c["routed_vs_unrouted"], f"{c['latency_p50_s']} / {c['latency_p99_s']}",
+                         f"{c['ttft_p50_s']} / {c['ttft_p99_s']}",
+                         f"{c['inter_token_p50_ms']} / {c['inter_token_p99_ms']} / {c['inter_token_max_ms']}"]]), ""]
     n = results["noisy_pool"]
     m = n["mapping"]
     out += [f"### Noisy pool of {n['pool_size']} adapters", "",
