@@ -370,6 +370,13 @@ class VLLMEngine:
                 self._names.popitem(last=False)
         return name
 
+    def preload(self, route: Route) -> str:
+        """Publish and load ``route``'s composition now (e.g. before traffic); returns the model
+        name requests with this route use."""
+        name = self._acquire(route)
+        self._release(name)
+        return name
+
     @property
     def loaded(self) -> list[str]:
         """Compositions this engine has loaded on the server, least recently used first."""

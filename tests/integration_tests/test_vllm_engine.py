@@ -247,3 +247,17 @@ def test_chat_loratuer_on_vllm(engine):
     assert "sst2" in meta["adapters"]
     streamed = "".join(c.content for c in llm.stream("Translate to English: Das Haus ist klein."))
     assert streamed.strip()
+
+
+def test_llama_index_llm_on_vllm(engine):
+    from llama_index.core.llms import ChatMessage
+
+    from lorauter_integrations.llama_index import LoRAuterLLM
+
+    llm = LoRAuterLLM(engine=engine, max_new_tokens=12)
+    r = llm.complete("Review: a joyless, clumsy film.\nIs this review positive or negative?")
+    assert r.text.strip() and "sst2" in r.additional_kwargs["lorauter"]["adapters"]
+    chat = llm.chat([ChatMessage(role="user", content="Translate to English: Das Haus ist klein.")])
+    assert chat.message.content.strip()
+    assert "".join(c.delta for c in llm.stream_complete("Translate to English: Der Hund schläft.")).strip()
+    assert asyncio.run(llm.acomplete("Is this review positive or negative? A delight.")).text.strip()
