@@ -40,6 +40,7 @@ from ..calls import (
     CallPlan,
     Reply,
     RoutingInput,
+    current_routing_text,
     generation_options,
     no_tool_call_message,
     plan_call,
@@ -51,6 +52,7 @@ from ..errors import InvalidInputError, ToolCallError
 from ..route import Route
 from ..tool_calls import render_tool_call, render_tool_result
 from .events import LoRAuterRouteEvent
+from .selectors import is_selection_prompt, question_in_messages, selection_reply
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
@@ -151,11 +153,29 @@ class LoRAuterLLM(FunctionCallingLLM):
 
     def predict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
         with route_on(self._question(prompt, prompt_args)):
-            return super().predict(prompt, **prompt_args)
+            out = super().predict(prompt, **prompt_args)
+        return selection_reply(out, prompt_args) if is_selection_prompt(prompt) else out
 
     async def apredict(self, prompt: BasePromptTemplate, **prompt_args: Any) -> str:
         with route_on(self._question(prompt, prompt_args)):
-            return await super().apredict(prompt, **prompt_args)
+            out = await super().apredict(prompt, **prompt_args)
+        return selection_reply(out, prompt_args) if is_selection_prompt(prompt) else out
+
+    # Programs (PydanticSingleSelector's) call these with the rendered prompt only: the question is
+    # read back from LlamaIndex's selector templates (`selectors.question_in_messages`).
+    def _program_question(self, user_msg: Any, chat_history: Any) -> str | None:
+        if self.routing_input != "question" or current_routing_text() is not None:
+            return None
+        return question_in_messages([*(chat_history or ()), *([user_msg] if isinstance(user_msg, ChatMessage) else ())])
+
+    def predict_and_call(self, tools: Sequence[Any], user_msg: Any = None, chat_history: Any = None, **kwargs: Any):
+        with route_on(self._program_question(user_msg, chat_history)):
+            return super().predict_and_call(tools, user_msg=user_msg, chat_history=chat_history, **kwargs)
+
+    async def apredict_and_call(self, tools: Sequence[Any], user_msg: Any = None, chat_history: Any = None,
+                                **kwargs: Any):
+        with route_on(self._program_question(user_msg, chat_history)):
+            return await super().apredict_and_call(tools, user_msg=user_msg, chat_history=chat_history, **kwargs)
 
     def stream(self, prompt: BasePromptTemplate, **prompt_args: Any):
         # The route is decided when the stream is opened, so the block can close before iteration.
