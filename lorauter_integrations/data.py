@@ -71,6 +71,8 @@ def read_jsonl(path: str | Path) -> list[Example]:
             continue
         try:
             obj = json.loads(line)
+        except RecursionError:
+            raise DatasetError(f"{path}:{lineno}: JSON nested too deeply; a record is one flat object") from None
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{path}:{lineno}: not JSON ({exc.msg})") from exc
         if not isinstance(obj, dict):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import math
+import numbers
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import InvalidInputError
 
 
 class Route(BaseModel):
@@ -35,6 +41,34 @@ class Route(BaseModel):
     timings_ms: dict[str, float] = Field(
         default_factory=dict, description="Milliseconds spent per stage (encode, query, weights)."
     )
+
+    def __init__(self, **data: Any) -> None:
+        # A malformed Route is the caller's mistake: a typed error, not pydantic's ValidationError.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            first = exc.errors()[0] if exc.errors() else {}
+            where = ".".join(str(x) for x in first.get("loc", ()))
+            raise InvalidInputError(f"invalid Route{f' {where}' if where else ''}: {first.get('msg', exc)}") from None
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights_are_numbers(cls, value: Any) -> Any:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            raise ValueError(f"weights must be a list of numbers, got {value!r}")
+        value = list(value)
+        for w in value:
+            if isinstance(w, bool) or not isinstance(w, numbers.Real) or type(w).__name__ == "bool_":
+                raise ValueError(f"weights must be numbers (not strings, booleans or None), got {w!r}")
+            if not math.isfinite(float(w)) or float(w) < 0:
+                raise ValueError(f"weights must be finite and non-negative, got {w!r}")
+        return [float(w) for w in value]
+
+    @model_validator(mode="after")
+    def _one_weight_per_adapter(self) -> "Route":
+        if len(self.weights) != len(self.adapters):
+            raise ValueError(f"{len(self.adapters)} adapters but {len(self.weights)} weights: one weight per adapter")
+        return self
 
     @property
     def is_base(self) -> bool:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ..errors import InvalidInputError, UnknownAdapterError
@@ -86,8 +87,18 @@ def override_route(
 
     Weights must be finite, non-negative and sum to 1 (within ``tolerance``); ids must be known.
     """
+    if isinstance(adapters, (str, bytes)) or not hasattr(adapters, "__iter__"):
+        raise InvalidInputError(
+            f"adapters must be a list of adapter ids, got {adapters!r}"
+            + (f" (for one adapter write [{adapters!r}])" if isinstance(adapters, str) else "")
+        )
     adapters = list(adapters)
+    bad = [a for a in adapters if not isinstance(a, str) or not a]
+    if bad:
+        raise InvalidInputError(f"adapter ids must be non-empty strings, got {bad[:5]}")
     if not adapters:
+        if weights:
+            raise InvalidInputError("weights were given without adapters")
         return Route(strategy="override", fallback=True)
     if len(set(adapters)) != len(adapters):
         raise InvalidInputError(f"adapter ids repeat in the override: {adapters}")
@@ -98,6 +109,12 @@ def override_route(
             raise UnknownAdapterError(f"unknown adapter id(s) {missing}; known: {sorted(known)}")
     if weights is None:
         weights = [1.0 / len(adapters)] * len(adapters)
+    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__iter__"):
+        raise InvalidInputError(f"weights must be a list of numbers, got {weights!r}")
+    weights = list(weights)
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or type(w).__name__ == "bool_":
+            raise InvalidInputError(f"weights must be numbers (not strings, booleans or None), got {w!r}")
     weights = [float(w) for w in weights]
     if len(weights) != len(adapters):
         raise InvalidInputError(f"{len(adapters)} adapters but {len(weights)} weights: give one weight per adapter")
