@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Iterator, Sequence
 
 import torch
 
@@ -170,6 +170,30 @@ class RowHandle:
                 self._cond.wait(min(remaining, 1.0))
                 self._loop._check_alive()
             return self._state()
+
+    def states(self, timeout_s: float) -> Iterator[RowState]:
+        """Each change of the row until it ends (an error is raised)."""
+        version = 0
+        while True:
+            state = self.wait(version, timeout_s)
+            if state.error is not None:
+                raise state.error
+            version = state.version
+            yield state
+            if state.finish_reason is not None:
+                return
+
+    async def astates(self, timeout_s: float) -> AsyncIterator[RowState]:
+        """`states` for asyncio."""
+        version = 0
+        while True:
+            state = await self.wait_async(version, timeout_s)
+            if state.error is not None:
+                raise state.error
+            version = state.version
+            yield state
+            if state.finish_reason is not None:
+                return
 
     async def wait_async(self, after_version: int, timeout_s: float) -> RowState:
         """`wait` for asyncio: no thread is held while waiting."""

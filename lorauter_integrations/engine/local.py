@@ -254,15 +254,11 @@ class RoutedModel:
         [request] = await asyncio.to_thread(self._requests, [prompt], [route], options)
         handle = await self._submit_async(request)
         try:
-            sent, version = "", 0
-            while True:
-                state = await handle.wait_async(version, self.progress_timeout_s)
-                version = state.version
+            sent = ""
+            async for state in handle.astates(self.progress_timeout_s):
                 chunk, sent = self._chunk(handle, state, sent)
                 if chunk is not None:
                     yield chunk
-                if state.finish_reason is not None:
-                    return
         finally:
             if not handle.done:
                 handle.cancel()
@@ -329,24 +325,14 @@ class RoutedModel:
             return await asyncio.to_thread(self.loop.submit, request)
 
     def _wait(self, handle: RowHandle) -> Generation:
-        version = 0
-        while True:
-            state = handle.wait(version, self.progress_timeout_s)
-            version = state.version
-            if state.error is not None:
-                raise state.error
-            if state.finish_reason is not None:
-                return self._generation(handle)
+        for _ in handle.states(self.progress_timeout_s):
+            pass
+        return self._generation(handle)
 
     async def _wait_async(self, handle: RowHandle) -> Generation:
-        version = 0
-        while True:
-            state = await handle.wait_async(version, self.progress_timeout_s)
-            version = state.version
-            if state.error is not None:
-                raise state.error
-            if state.finish_reason is not None:
-                return self._generation(handle)
+        async for _ in handle.astates(self.progress_timeout_s):
+            pass
+        return self._generation(handle)
 
     @staticmethod
     def _generation(handle: RowHandle) -> Generation:
@@ -355,15 +341,11 @@ class RoutedModel:
 
     def _stream(self, handle: RowHandle) -> Iterator[StreamChunk]:
         try:
-            sent, version = "", 0
-            while True:
-                state = handle.wait(version, self.progress_timeout_s)
-                version = state.version
+            sent = ""
+            for state in handle.states(self.progress_timeout_s):
                 chunk, sent = self._chunk(handle, state, sent)
                 if chunk is not None:
                     yield chunk
-                if state.finish_reason is not None:
-                    return
         finally:
             if not handle.done:
                 handle.cancel()
@@ -371,8 +353,6 @@ class RoutedModel:
     @staticmethod
     def _chunk(handle: RowHandle, state, sent: str) -> tuple[StreamChunk | None, str]:
         """The next chunk of a stream, and the text sent so far once it is."""
-        if state.error is not None:
-            raise state.error
         # Decoding more tokens can, rarely, re-spell earlier text; only ever send a strict
         # continuation of what was sent.
         piece = state.text[len(sent):] if state.text.startswith(sent) else ""
