@@ -261,3 +261,99 @@ def test_llama_index_llm_on_vllm(engine):
     assert chat.message.content.strip()
     assert "".join(c.delta for c in llm.stream_complete("Translate to English: Der Hund schläft.")).strip()
     assert asyncio.run(llm.acomplete("Is this review positive or negative? A delight.")).text.strip()
+
+
+# ---------------------------------------------------------------------------- the full topology
+_APP = r'''
+import json, sys
+from lorauter_integrations.data import bundled_data_dir, load_tasks
+from lorauter_integrations.demo import demo_pool
+from lorauter_integrations.engine.models import demo_model_dir
+from lorauter_integrations.engine.vllm import VLLMEngine
+from lorauter_integrations.store import TaskStore, make_client
+
+url, host, port, name, adapters_dir = sys.argv[1:6]
+store = TaskStore(client=make_client(host=host, port=int(port)), name=name)
+engine = VLLMEngine(url, pool=demo_pool(), store=store, tokenizer=str(demo_model_dir()), adapters_dir=adapters_dir)
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["op"] == "add":
+        tasks = {t.task: t for t in load_tasks(bundled_data_dir() / "validation.jsonl")}
+        store.index([tasks[t] for t in cmd["tasks"]], progress=False)
+        out = {"ok": True}
+    else:
+        [g] = engine.generate([cmd["prompt"]], max_new_tokens=12)
+        out = {"text": g.text, "tasks": g.route.tasks, "adapters": g.route.adapters}
+    print(json.dumps(out), flush=True)
+'''
+
+
+class _App:
+    """An application process: its own VLLMEngine on the shared Chroma server and vLLM server."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        import sys
+
+        self.log = log.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-c", _APP, *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     env=dict(os.environ, HF_HUB_OFFLINE="1"))
+
+    def read(self, timeout: float = 300.0) -> dict:
+        box: list[str] = []
+        t = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)
+        t.start()
+        t.join(timeout)
+        if not box or not box[0]:
+            raise AssertionError(f"app process gave no answer (exit {self.proc.poll()}); see {self.log.name}")
+        return json.loads(box[0])
+
+    def ask(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.mark.server
+def test_topology_chroma_server_vllm_server_two_app_processes(vllm_url, tmp_path):
+    """App replicas -> one `chroma run` task store + one vLLM server + a shared adapters folder:
+    one replica adds a task, the other (running all along) routes to it and generates."""
+    from rel_support import start_chroma_server
+
+    from lorauter_integrations.data import bundled_data_dir, load_tasks
+    from lorauter_integrations.store import TaskStore
+
+    server = start_chroma_server(tmp_path / "chroma", tmp_path / "chroma.log")
+    apps: list[_App] = []
+    try:
+        tasks = {t.task: t for t in load_tasks(bundled_data_dir() / "validation.jsonl")}
+        initial = ["sst2", "yelp_polarity_reviews", "rte", "snli", "wmt14_enfr", "arc_easy", "trivia_qa"]
+        TaskStore(client=server.client(), name="topo").index([tasks[t] for t in initial], progress=False)
+        args = [vllm_url, server.host, str(server.port), "topo", str(tmp_path / "adapters")]
+        apps = [_App(args, tmp_path / f"app{i}.log") for i in range(2)]
+        assert all(app.read()["ready"] for app in apps)
+        writer, reader = apps
+        query = "Translate to English: Ich habe heute keine Zeit, weil ich arbeiten muss."
+        before = reader.ask(op="generate", prompt=query)
+        assert "wmt16_translate_deen" not in before["tasks"]
+        assert writer.ask(op="add", tasks=["wmt16_translate_deen"])["ok"]
+        after = reader.ask(op="generate", prompt=query)
+        assert after["tasks"][0] == "wmt16_translate_deen" and "wmt16_translate_deen" in after["adapters"]
+        same = writer.ask(op="generate", prompt=query)
+        assert same["adapters"] == after["adapters"] and same["text"] == after["text"]
+        print(f"topology: before {before['tasks']} -> {before['text']!r}; after {after['tasks']} "
+              f"{after['adapters']} -> {after['text']!r}")
+    finally:
+        for app in apps:
+            app.stop()
+        server.stop()
