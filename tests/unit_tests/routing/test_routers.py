@@ -80,6 +80,19 @@ def test_similarity_floor_falls_back_to_the_base_model(shared_store):
     assert not r.fallback and r.adapters
 
 
+def test_below_the_floor_a_damped_router_keeps_the_mixture_at_reduced_strength(shared_store):
+    full = LoRAuterRouter(shared_store).route(QUERIES[0])
+    damped = LoRAuterRouter(shared_store, floor=1.01, below_floor="damped", damping=0.25).route(QUERIES[0])
+    assert damped.fallback and damped.adapters == full.adapters
+    assert damped.weights == pytest.approx([0.25 * w for w in full.weights])
+    above = LoRAuterRouter(shared_store, floor=-1.0, below_floor="damped", damping=0.25).route(QUERIES[0])
+    assert not above.fallback and above.weights == pytest.approx(full.weights)
+    with pytest.raises(InvalidInputError):
+        LoRAuterRouter(shared_store, below_floor="zero")
+    with pytest.raises(InvalidInputError):
+        LoRAuterRouter(shared_store, damping=1.5)
+
+
 def test_softmax_is_stable_and_sharpens_with_small_tau():
     assert sum(softmax([1000.0, 999.0], 0.2)) == pytest.approx(1.0)
     assert softmax([0.9, 0.5], 0.05)[0] > softmax([0.9, 0.5], 1.0)[0]
