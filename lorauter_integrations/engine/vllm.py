@@ -465,9 +465,12 @@ class VLLMEngine:
                         del self._loaded[name]
         try:
             entry.future.result(timeout=self.load_timeout_s + 10)
-        except BaseException:
+        except BaseException as exc:
             with self._lock:
                 entry.users -= 1
+            if isinstance(exc, TimeoutError):
+                raise VLLMServerError(f"loading '{name}' on {self.base_url} took over {self.load_timeout_s:.0f} s: "
+                                      "the server is overloaded or stuck; check its log") from exc
             raise
         self._evict()
         return name
@@ -567,7 +570,11 @@ class VLLMEngine:
                 self.route_from_override(route.adapters, route.weights)
             ids = self.tokenizer(text, add_special_tokens=not templated)["input_ids"]
             request = {"route": route, "params": params, "n_prompt": len(ids)}
-            if isinstance(prompt, list) and len(ids) <= budget:
+            # A chat goes to the chat endpoint (the server applies the same template); one with
+            # other roles (tool results) is fed as the locally rendered tokens, as the local
+            # engine does, whatever the server's chat validation accepts.
+            plain_roles = isinstance(prompt, list) and all(m["role"] in ("system", "user", "assistant") for m in prompt)
+            if plain_roles and len(ids) <= budget:
                 messages = [{"role": m["role"], "content": m.get("content") or ""} for m in prompt]
                 cont = messages[-1]["role"] == "assistant"
                 request.update(endpoint="/chat/completions", messages=messages, continue_final=cont,

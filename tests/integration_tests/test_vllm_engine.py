@@ -137,6 +137,25 @@ def test_parity_with_local_engine(engine, local_engine):
     assert same / total >= 0.95
 
 
+def test_chat_prompts_match_the_local_engine(engine, local_engine):
+    """Chats through /v1/chat/completions (system, an assistant prefill) and through the local
+    rendering (a tool result) give the local engine's greedy text."""
+    route = engine.route_from_override(["sst2", "sentiment140"], [0.6, 0.4])
+    chats = [
+        [{"role": "system", "content": "Answer with one word."},
+         {"role": "user", "content": "Review: a joyless, clumsy film. Positive or negative?"}],
+        [{"role": "user", "content": "Translate to English: Das Haus ist klein."},
+         {"role": "assistant", "content": "The house"}],
+        [{"role": "user", "content": "What is 2 + 2? Use the calculator."},
+         {"role": "assistant", "content": '{"name": "calculator", "arguments": {"expr": "2 + 2"}}'},
+         {"role": "tool", "content": "4"}],
+    ]
+    remote = engine.generate(chats, [route] * len(chats), max_new_tokens=16)
+    local = local_engine.generate(chats, [route] * len(chats), max_new_tokens=16)
+    assert [g.text for g in remote] == [g.text for g in local]
+    assert [g.prompt_tokens for g in remote] == [g.prompt_tokens for g in local]
+
+
 def test_routed_generate_and_usage(engine):
     prompt = "Review: a joyless, clumsy film.\nIs this review positive or negative?"
     [g] = engine.generate([prompt], max_new_tokens=8, temperature=0.0)
@@ -247,6 +266,13 @@ def test_chat_loratuer_on_vllm(engine):
     assert "sst2" in meta["adapters"]
     streamed = "".join(c.content for c in llm.stream("Translate to English: Das Haus ist klein."))
     assert streamed.strip()
+    batch = llm.batch(["Review: a delight from start to finish.\nIs this review positive or negative?",
+                       "Translate to English: Der Hund schläft."])
+    assert all(m.content.strip() for m in batch)
+    assert batch[0].response_metadata["lorauter"]["adapters"] != batch[1].response_metadata["lorauter"]["adapters"]
+    amsg = asyncio.run(llm.ainvoke("Translate to English: Die Katze ist alt.",
+                                   config={"metadata": {"lorauter": {"strategy": "base"}}}))
+    assert amsg.content.strip() and amsg.response_metadata["lorauter"]["adapters"] == []
 
 
 def test_llama_index_llm_on_vllm(engine):
