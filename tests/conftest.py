@@ -17,8 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
-TINY_BASE_ID = "tiny-random-llama"
-TINY_CONTEXT = 96
+from tiny_model import TINY_BASE_ID, TINY_CONTEXT, make_tiny_model  # noqa: E402,F401
 _CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -52,22 +51,6 @@ def tiny_tokenizer():
     )
     fast.chat_template = _CHAT_TEMPLATE
     return fast
-
-
-def make_tiny_model(vocab_size: int, seed: int = 0):
-    """A 2-layer random Llama with grouped-query attention (q and v projections differ in shape)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=TINY_CONTEXT,
-        initializer_range=0.2, tie_word_embeddings=False, eos_token_id=None, pad_token_id=0,
-    )
-    model = LlamaForCausalLM(config).eval()
-    model.config.name_or_path = TINY_BASE_ID
-    return model
 
 
 @pytest.fixture
@@ -145,3 +128,43 @@ def chroma_server(tmp_path_factory):
     server = start_chroma_server(root / "data", root / "server.log")
     yield server
     server.stop()
+
+
+# --- the bundled Flan data: every task, and a slice of eight tasks (two per domain, four domains)
+@pytest.fixture(scope="session")
+def all_tasks():
+    """Every bundled Flan validation task, by id."""
+    from lorauter_integrations.data import bundled_data_dir, load_tasks
+
+    return {t.task: t for t in load_tasks(bundled_data_dir() / "validation.jsonl")}
+
+
+@pytest.fixture(scope="session")
+def slice_tasks(all_tasks):
+    """Eight Flan tasks (two per domain for four domains), eight examples each: indexed in a second."""
+    from rel_support import SLICE
+
+    return [all_tasks[name].model_copy(update={"examples": all_tasks[name].examples[:8]}) for name in SLICE]
+
+
+@pytest.fixture(scope="session")
+def flan_tasks(slice_tasks):
+    return slice_tasks
+
+
+@pytest.fixture(scope="session")
+def flan_queries():
+    """The test queries of the slice's tasks."""
+    from lorauter_integrations.data import bundled_data_dir, read_jsonl
+    from rel_support import SLICE
+
+    return [q for q in read_jsonl(bundled_data_dir() / "test_dev.jsonl") if q.task in SLICE]
+
+
+_store_names = __import__("itertools").count()
+
+
+@pytest.fixture
+def store_name() -> str:
+    """A collection-name prefix no other test of this session uses."""
+    return f"rel{os.getpid()}x{next(_store_names)}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY_BASE_ID, make_tiny_model
+from tiny_model import TINY_BASE_ID, make_tiny_model
 
 
 @pytest.mark.parametrize("merge", [False, True])

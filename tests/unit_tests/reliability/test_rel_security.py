@@ -7,9 +7,6 @@ tests/test_pool.py; here: what is left of issue 7's security list.)
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
