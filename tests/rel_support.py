@@ -107,3 +107,32 @@ def write_jsonl(path: Path, tasks) -> Path:
     """Write `TaskSet`s as a validation JSONL file (one example per line)."""
     path.write_text("".join(e.model_dump_json() + "\n" for t in tasks for e in t.examples), encoding="utf-8")
     return path
+
+
+def run_threads(targets, timeout_s: float = 600) -> None:
+    """Start one thread per target, join them all (bounded), fail if any is still blocked."""
+    import threading
+
+    threads = [threading.Thread(target=t, daemon=True) for t in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout_s)
+    assert not any(t.is_alive() for t in threads), "a request is still blocked: deadlock"
+
+
+def snapshot(engine) -> dict:
+    """A copy of the engine model's weights."""
+    return {k: v.detach().clone() for k, v in engine.model.state_dict().items()}
+
+
+def assert_clean(engine, before: dict) -> None:
+    """Base weights bit-identical, no hook of ours left, the decode loop idle, the model handed over at once."""
+    import torch
+
+    assert engine.loop.wait_idle(60)  # the decode loop has nothing left and restored the model
+    after = engine.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(not m._forward_hooks for m in engine.model.modules()) and not engine.composer.active
+    with engine.activate(None):
+        pass

@@ -7,36 +7,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
-import torch
 
 from lorauter_integrations.engine import RoutedModel
-from rel_support import run_cli
+from rel_support import assert_clean, run_cli, run_threads, snapshot
 
 pytestmark = pytest.mark.slow
-JOIN_TIMEOUT_S = 600
-
-
-def _snapshot(engine) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in engine.model.state_dict().items()}
-
-
-def _assert_clean(engine, before) -> None:
-    assert engine.loop.wait_idle(60)
-    after = engine.model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(not m._forward_hooks for m in engine.model.modules()) and not engine.composer.active
-
-
-def _run_threads(targets) -> None:
-    threads = [threading.Thread(target=t, daemon=True) for t in targets]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=JOIN_TIMEOUT_S)
-    assert not any(t.is_alive() for t in threads), "a request is still blocked: deadlock"
 
 
 def test_demo_engine_generates_with_its_real_pool():
@@ -63,13 +40,13 @@ def test_concurrent_requests_on_the_demo_engine_equal_sequential_runs():
     ]
     alone = [engine.generate([q], max_new_tokens=8)[0] for q in queries]
     assert len({g.route.key() for g in alone}) > 1  # the requests really take different routes
-    before = _snapshot(engine)
+    before = snapshot(engine)
     got: dict[int, object] = {}
-    _run_threads([lambda i=i: got.__setitem__(i, engine.generate([queries[i]], max_new_tokens=8)[0])
+    run_threads([lambda i=i: got.__setitem__(i, engine.generate([queries[i]], max_new_tokens=8)[0])
                   for i in range(len(queries))])
     assert [got[i].text for i in range(len(queries))] == [g.text for g in alone]
     assert [got[i].route.key() for i in range(len(queries))] == [g.route.key() for g in alone]
-    _assert_clean(engine, before)
+    assert_clean(engine, before)
 
 
 
@@ -104,7 +81,6 @@ def guarded_connect_ex(self, address):
 socket.socket.connect, socket.socket.connect_ex = guarded_connect, guarded_connect_ex
 
 from lorauter_integrations.engine import RoutedModel
-from rel_support import run_cli
 
 engine = RoutedModel.demo()
 query = "Review: a warm, funny and moving film. Is this movie review positive or negative?"

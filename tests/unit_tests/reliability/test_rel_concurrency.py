@@ -13,9 +13,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
 from lorauter_integrations.engine import RoutedModel
+from rel_support import assert_clean, run_threads, snapshot
 from lorauter_integrations.errors import AdapterError, InvalidInputError
 from lorauter_integrations.adapters.pool import AdapterPool
 from lorauter_integrations.route import Route
@@ -58,36 +58,11 @@ def _alone(engine, indices) -> dict[int, str]:
     return {i: engine.generate([PROMPTS[i]], [ROUTES[i]], max_new_tokens=MAX_NEW)[0].text for i in indices}
 
 
-def _snapshot(engine) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in engine.model.state_dict().items()}
-
-
-def _assert_clean(engine, before: dict[str, torch.Tensor]) -> None:
-    """Base weights bit-identical, no hook of ours left, no composition active, lock free."""
-    after = engine.model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(not m._forward_hooks for m in engine.model.modules())
-    assert engine.loop.wait_idle(30)  # the decode loop has nothing left and restored the model
-    assert not engine.composer.active
-    with engine.activate(None):  # and it hands the model over at once
-        pass
-
-
-def _run_threads(targets) -> list[threading.Thread]:
-    threads = [threading.Thread(target=t, daemon=True) for t in targets]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=JOIN_TIMEOUT_S)
-    assert not any(t.is_alive() for t in threads), "a request is still blocked: deadlock"
-    return threads
-
-
 def test_32_concurrent_requests_with_different_routes_equal_sequential_runs(engine):
     expected = _alone(engine, range(32))
     sequential = [expected[i] for i in range(32)]
     assert len(set(sequential)) > 8  # routes really change the outputs
-    before = _snapshot(engine)
+    before = snapshot(engine)
     results: dict[int, str] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(32)
@@ -104,7 +79,7 @@ def test_32_concurrent_requests_with_different_routes_equal_sequential_runs(engi
                 errors.append(exc)
         return run
 
-    _run_threads([request(i) for i in range(32)])
+    run_threads([request(i) for i in range(32)])
     assert not errors
     assert [results[i] for i in range(32)] == sequential
 
@@ -118,7 +93,7 @@ def test_32_concurrent_requests_with_different_routes_equal_sequential_runs(engi
     assert {i: t for idx, texts in zip(chunks, outs) for i, t in zip(idx, texts)} == expected
     # all 32 in one call: chunks of max_batch_size, one forward pass per step for mixed routes
     assert [g.text for g in engine.generate(PROMPTS, ROUTES, max_new_tokens=MAX_NEW)] == sequential
-    _assert_clean(engine, before)
+    assert_clean(engine, before)
 
 
 def test_failures_mid_generation_release_the_engine_for_concurrent_requests(engine):
@@ -128,7 +103,7 @@ def test_failures_mid_generation_release_the_engine_for_concurrent_requests(engi
     expected = _alone(engine, healthy_idx)
     faulty_prompt = PROMPTS[30] + " ~~~~"  # "~" is in no other prompt
     faulty_alone = engine.generate([faulty_prompt], [ROUTES[30]], max_new_tokens=MAX_NEW)[0].text
-    before = _snapshot(engine)
+    before = snapshot(engine)
     marker = engine.tokenizer(faulty_prompt, add_special_tokens=False)["input_ids"]
     others = {t for i in healthy_idx + [3] for t in engine.tokenizer(PROMPTS[i], add_special_tokens=False)["input_ids"]}
     poison = next(t for t in marker if t not in others)  # a token only the faulty prompt has
@@ -162,12 +137,12 @@ def test_failures_mid_generation_release_the_engine_for_concurrent_requests(engi
 
     hook = engine.model.get_input_embeddings().register_forward_pre_hook(fail_on_poison)
     try:
-        _run_threads([faulty, give_up, *[healthy(i) for i in healthy_idx]])
+        run_threads([faulty, give_up, *[healthy(i) for i in healthy_idx]])
     finally:
         hook.remove()
     assert sorted(str(f) for f in failures) == ["consumer gave up", "injected failure"]
     assert results == {i: expected[i] for i in healthy_idx}
-    _assert_clean(engine, before)
+    assert_clean(engine, before)
     # the request that failed works once the fault is gone, with its usual output
     assert engine.generate([faulty_prompt], [ROUTES[30]], max_new_tokens=MAX_NEW)[0].text == faulty_alone
 
@@ -177,7 +152,7 @@ def test_a_passing_fault_in_a_shared_decoding_step_fails_no_request(engine):
     replayed alone from its prompt and tokens so far, and all requests complete."""
     idx = list(range(0, 32, 4))
     expected = _alone(engine, idx)
-    before = _snapshot(engine)
+    before = snapshot(engine)
     state = {"steps": 0, "fired": False}
 
     def fail_once(module, args):
@@ -191,19 +166,19 @@ def test_a_passing_fault_in_a_shared_decoding_step_fails_no_request(engine):
     results: dict[int, str] = {}
     hook = engine.model.get_input_embeddings().register_forward_pre_hook(fail_once)
     try:
-        _run_threads([lambda i=i: results.__setitem__(
+        run_threads([lambda i=i: results.__setitem__(
             i, engine.generate([PROMPTS[i]], [ROUTES[i]], max_new_tokens=MAX_NEW)[0].text) for i in idx])
     finally:
         hook.remove()
     assert state["fired"]
     assert results == expected
-    _assert_clean(engine, before)
+    assert_clean(engine, before)
 
 
 def test_a_stream_advanced_from_different_threads_completes_and_releases_the_engine(engine):
     # Async frameworks may resume a sync iterator on whichever worker thread is free.
     expected = _alone(engine, [7, 8])
-    before = _snapshot(engine)
+    before = snapshot(engine)
     stream = engine.stream(PROMPTS[7], ROUTES[7], max_new_tokens=MAX_NEW)
     pieces: list[str] = []
     while True:
@@ -216,7 +191,7 @@ def test_a_stream_advanced_from_different_threads_completes_and_releases_the_eng
             break
         pieces.append(box[0].text)
     assert "".join(pieces) == expected[7]
-    _assert_clean(engine, before)
+    assert_clean(engine, before)
     done: list[str] = []
     other = threading.Thread(target=lambda: done.append(
         engine.generate([PROMPTS[8]], [ROUTES[8]], max_new_tokens=MAX_NEW)[0].text), daemon=True)
@@ -228,7 +203,7 @@ def test_a_stream_advanced_from_different_threads_completes_and_releases_the_eng
 def test_requests_that_fail_before_decoding_do_not_disturb_concurrent_ones(engine, tiny_pool_dir):
     only_a_or_c = [i for i, r in enumerate(ROUTES) if "b" not in r.adapters][:8]
     expected = _alone(engine, only_a_or_c)
-    before = _snapshot(engine)
+    before = snapshot(engine)
     # Adapters load lazily: "b" was registered and checked, but its file is damaged before first use.
     path = tiny_pool_dir / "b" / "adapter_model.safetensors"
     path.write_bytes(path.read_bytes()[:64])
@@ -249,7 +224,7 @@ def test_requests_that_fail_before_decoding_do_not_disturb_concurrent_ones(engin
             results[i] = engine.generate([PROMPTS[i]], [ROUTES[i]], max_new_tokens=MAX_NEW)[0].text
         return run
 
-    _run_threads([
+    run_threads([
         expect("corrupt", lambda: engine.generate([PROMPTS[1]], [b_route], max_new_tokens=MAX_NEW), AdapterError),
         expect("stop", lambda: engine.generate([PROMPTS[2]], [ROUTES[2]], stop=[""]), InvalidInputError),
         expect("empty", lambda: list(engine.stream("   ", ROUTES[0])), InvalidInputError),
@@ -258,4 +233,4 @@ def test_requests_that_fail_before_decoding_do_not_disturb_concurrent_ones(engin
     assert set(outcomes) == {"corrupt", "stop", "empty"}
     assert "corrupt or truncated safetensors" in str(outcomes["corrupt"])
     assert results == expected
-    _assert_clean(engine, before)
+    assert_clean(engine, before)
