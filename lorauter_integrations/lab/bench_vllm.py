@@ -105,7 +105,7 @@ def bench_concurrent(engine, local, n: int, tokens: int) -> dict[str, Any]:
     return out
 
 
-def run(url: str, *, reps: int = 5, tokens: int = 16, n: int = 16, local: bool = True) -> dict[str, Any]:
+def run(url: str, *, reps: int = 15, tokens: int = 8, n: int = 16, local: bool = True) -> dict[str, Any]:
     import os
 
     from ..engine.vllm import VLLMEngine
@@ -132,8 +132,8 @@ def run(url: str, *, reps: int = 5, tokens: int = 16, n: int = 16, local: bool =
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", required=True, help="the vLLM server's /v1 base URL (make vllm-start prints it)")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--tokens", type=int, default=8)
     ap.add_argument("--n", type=int, default=16, help="concurrent routed requests")
     ap.add_argument("--no-local", action="store_true", help="skip the local engine comparison")
     ap.add_argument("--json", help="write the result here")
