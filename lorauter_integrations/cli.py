@@ -25,20 +25,30 @@ app = typer.Typer(
     help="Route LLM calls to the right LoRA adapters (LoRAuter) - indexing, routing, evaluation.",
 )
 
-StoreOpt = typer.Option(None, "--store", help="Store folder (embedded Chroma). Default: $LORAUTER_CACHE/store.")
+# Every command reads one configuration (`settings.load_settings`): lorauter.toml, LORAUTER_* env
+# vars, then these options. Without a store or server, reading commands use the demo store.
+StoreOpt = typer.Option(None, "--store", help="Task store folder (embedded Chroma). Default: settings, else the demo store.")
 ServerOpt = typer.Option(None, "--server", help="HOST:PORT of a `chroma run` server instead of a folder.")
+ConfigOpt = typer.Option(None, "--config", help="Settings file (default: $LORAUTER_CONFIG, else lorauter.toml here or above).")
+ModelOpt = typer.Option(None, "--model", help="Base model: 'demo', a HF id or a local folder (default: settings).")
+PoolOpt = typer.Option(None, "--pool", help="Adapter pool folder with adapters.json (default: settings, else the bundled pool).")
 
 
-def _open_store(store: Optional[Path], server: Optional[str]):
-    from .settings import cache_dir
-    from .store import TaskStore, make_client
+def _settings(config: Optional[Path] = None, **options):
+    from .settings import load_settings
 
-    if server:
-        host, _, port = server.rpartition(":")
-        if not host or not port.isdigit():
-            raise typer.BadParameter("--server takes HOST:PORT, e.g. 127.0.0.1:8000")
-        return TaskStore(client=make_client(host=host, port=int(port)))
-    return TaskStore(store or cache_dir() / "store")
+    return load_settings(config, **{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()})
+
+
+def _open_store(store: Optional[Path], server: Optional[str], config: Optional[Path] = None, *, write: bool = False):
+    """The configured store; a writing command needs one named (the demo store is never written)."""
+    from .project import open_store
+
+    settings = _settings(config, store=store, server=server)
+    if write and not (settings.store or settings.server):
+        raise LoRAuterError("which task store? pass --store DIR or --server HOST:PORT, or set store in "
+                            "lorauter.toml or LORAUTER_STORE (the demo store is not written to)")
+    return open_store(settings)
 
 
 _LAB_MODULES = ("matplotlib", "rouge_score", "sacrebleu")
@@ -63,21 +73,22 @@ def index(
     validation: Path = typer.Option(..., "--validation", help="JSONL of task, inputs[, targets, domain, metric]."),
     store: Optional[Path] = StoreOpt,
     server: Optional[str] = ServerOpt,
+    config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Build or update the task store from validation sets (idempotent)."""
     from .data import load_tasks
 
     tasks = load_tasks(validation)  # validate everything before touching the store
-    st = _open_store(store, server)
+    st = _open_store(store, server, config, write=True)
     report = st.index(tasks)
     typer.echo(f"{report}; the store holds {len(st)} tasks", err=True)
 
 
 @app.command()
-def tasks(store: Optional[Path] = StoreOpt, server: Optional[str] = ServerOpt,
+def tasks(store: Optional[Path] = StoreOpt, server: Optional[str] = ServerOpt, config: Optional[Path] = ConfigOpt,
           as_json: bool = typer.Option(False, "--json")) -> None:
     """List the tasks of the store."""
-    recs = _open_store(store, server).tasks()
+    recs = _open_store(store, server, config).tasks()
     if as_json:
         _print_json([r.model_dump() for r in recs])
     else:
@@ -86,9 +97,10 @@ def tasks(store: Optional[Path] = StoreOpt, server: Optional[str] = ServerOpt,
 
 
 @app.command()
-def remove(task: str, store: Optional[Path] = StoreOpt, server: Optional[str] = ServerOpt) -> None:
+def remove(task: str, store: Optional[Path] = StoreOpt, server: Optional[str] = ServerOpt,
+           config: Optional[Path] = ConfigOpt) -> None:
     """Remove a task from the store."""
-    st = _open_store(store, server)
+    st = _open_store(store, server, config, write=True)
     st.remove(task)
     typer.echo(f"removed {task}; the store holds {len(st)} tasks", err=True)
 
@@ -98,17 +110,22 @@ def route(
     text: str = typer.Argument(..., help="The prompt to route."),
     store: Optional[Path] = StoreOpt,
     server: Optional[str] = ServerOpt,
-    strategy: str = typer.Option("lorauter", "--strategy", "-s"),
-    k: int = typer.Option(3, "--top-k", "-k", min=1),
-    tau: float = typer.Option(0.2, "--tau", min=1e-6),
+    pool: Optional[Path] = PoolOpt,
+    config: Optional[Path] = ConfigOpt,
+    strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Default: settings, else lorauter."),
+    k: Optional[int] = typer.Option(None, "--top-k", "-k", min=1, help="Default: settings, else 3."),
+    tau: Optional[float] = typer.Option(None, "--tau", min=1e-6, help="Default: settings, else 0.2."),
     floor: Optional[float] = typer.Option(None, "--floor", help="Below this similarity use the base model."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Route one prompt and print the Route."""
-    from .routing import build_router
+    """Route one prompt and print the Route: tasks, and the pool's adapters for them (as `generate`)."""
+    from .errors import InvalidInputError
+    from .project import build_router
 
-    st = _open_store(store, server)
-    r = build_router(strategy, st, None, k=k, tau=tau, floor=floor).route(text)
+    if not text.strip():
+        raise InvalidInputError("cannot route an empty prompt: give some text")
+    settings = _settings(config, store=store, server=server, pool=pool, strategy=strategy, k=k, tau=tau, floor=floor)
+    r = build_router(settings).route(text)
     if as_json:
         _print_json(r.model_dump())
         return
@@ -124,16 +141,25 @@ def route(
 @app.command()
 def generate(
     text: str = typer.Argument(..., help="The prompt (sent as one user message with the chat template)."),
-    strategy: str = typer.Option("lorauter", "--strategy", "-s"),
+    model: Optional[str] = ModelOpt,
+    pool: Optional[Path] = PoolOpt,
+    store: Optional[Path] = StoreOpt,
+    server: Optional[str] = ServerOpt,
+    config: Optional[Path] = ConfigOpt,
+    strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Default: settings, else lorauter."),
+    k: Optional[int] = typer.Option(None, "--top-k", "-k", min=1, help="Default: settings, else 3."),
+    tau: Optional[float] = typer.Option(None, "--tau", min=1e-6, help="Default: settings, else 0.2."),
+    floor: Optional[float] = typer.Option(None, "--floor", help="Below this similarity use the base model."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0),
     seed: Optional[int] = typer.Option(None, "--seed"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Route one prompt and generate with the demo engine (model, bundled adapters, task store)."""
-    from .engine import RoutedModel
+    """Route one prompt and generate (the configured model, pool and store; default: the demo)."""
+    from .project import build_engine
 
-    engine = RoutedModel.demo(strategy=strategy)
+    engine = build_engine(_settings(config, model=model, pool=pool, store=store, server=server, strategy=strategy,
+                                    k=k, tau=tau, floor=floor))
     out = engine.generate([text], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)[0]
     if as_json:
         _print_json({"text": out.text, "route": out.route.model_dump(),
