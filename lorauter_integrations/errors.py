@@ -75,3 +75,24 @@ class EngineError(LoRAuterError):
 
 class EngineBusyError(EngineError):
     """Every row and queue place is taken and none freed up in time: retry later or raise the limits."""
+
+
+class VLLMServerError(EngineError):
+    """The vLLM server answered a request with an error (4xx/5xx) that is not the caller's input."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class VLLMUnreachableError(VLLMServerError):
+    """No vLLM server answers at the engine's base URL (refused, DNS, timeout)."""
+
+
+class AdapterRefusedError(AdapterError):
+    """The vLLM server refused to load a composed adapter (rank above ``--max-lora-rank``, target
+    modules it does not support, LoRA not enabled, ...)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -14,7 +14,7 @@ callers on any thread or asyncio task share one running batch, each row with its
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from ..compose import Activation, Composer, CompositionConfig
 from ..errors import EngineBusyError, InvalidInputError
 from ..route import Route
 from ..routing import RouterSet
+from .base import EngineBase
 from .decoding import DecodeLoop, DecodeRequest, RowHandle
 from .models import DEMO_MODEL, LoadedModel, load_base_model
 from .params import GenerationParams
@@ -32,7 +33,7 @@ from .prompts import PromptRenderer, routing_text
 from .protocol import Generation, PromptLike, StreamChunk
 
 
-class RoutedModel:
+class RoutedModel(EngineBase):
     """Base model + adapter pool + router: generate and stream with per-request adapters.
 
     Args:
@@ -151,10 +152,6 @@ class RoutedModel:
         return self._tokenizer
 
     @property
-    def strategy(self) -> str:
-        return self.routers.strategy
-
-    @property
     def merge(self) -> bool:
         """Fold a batch's single composition into the weights while decoding."""
         return self.loop.merge
@@ -175,26 +172,6 @@ class RoutedModel:
     @property
     def max_batch_size(self) -> int:
         return self.loop.max_rows
-
-    def count_tokens(self, prompt: PromptLike) -> int:
-        """Tokens of ``prompt`` as the model is fed it (a chat through its chat template)."""
-        return len(self.prompts.token_ids(prompt))
-
-    def route(self, text: str, *, strategy: str | None = None, exclude_tasks: Collection[str] = ()) -> Route:
-        """Decide the adapters for ``text`` with the default (or the named) routing strategy."""
-        return self.routers.route(text, strategy=strategy, exclude_tasks=exclude_tasks)
-
-    def route_many(self, texts: Sequence[str], *, strategy: str | None = None) -> list[Route]:
-        """Route several texts at once (one batched encode and store query when the router can)."""
-        return self.routers.route_many(texts, strategy=strategy)
-
-    def route_from_override(self, adapters: list[str], weights: list[float] | None = None) -> Route:
-        """A caller-chosen route, validated against the pool (weights default to uniform)."""
-        return self.routers.override(adapters, weights)
-
-    def routing_text(self, prompt: PromptLike) -> str:
-        """The text a prompt is routed on: the string itself, or a chat's last user message."""
-        return routing_text(prompt)
 
     def generate(self, prompts: Sequence[PromptLike], routes: Sequence[Route | None] | None = None,
                  **options: Any) -> list[Generation]:

@@ -42,38 +42,23 @@ import tempfile
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterError, EngineError, InvalidInputError, LoRAuterError
+from ..errors import (
+    AdapterRefusedError,
+    InvalidInputError,
+    LoRAuterError,
+    VLLMServerError,
+    VLLMUnreachableError,
+)
 from ..route import Route
+from .base import EngineBase
 from .params import GenerationParams
 from .prompts import PromptRenderer, routing_text
 from .protocol import Generation, PromptLike, StreamChunk
-
-
-# ---------------------------------------------------------------------------- errors
-class VLLMServerError(EngineError):
-    """The vLLM server answered a request with an error (4xx/5xx) that is not the caller's input."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class VLLMUnreachableError(VLLMServerError):
-    """No vLLM server answers at the engine's base URL (refused, DNS, timeout)."""
-
-
-class AdapterRefusedError(AdapterError):
-    """The vLLM server refused to load a composed adapter (rank above ``--max-lora-rank``, target
-    modules it does not support, LoRA not enabled, ...)."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 # ---------------------------------------------------------------------------- composed adapter folders
@@ -129,7 +114,7 @@ class _Loaded:
 
 
 # ---------------------------------------------------------------------------- the engine
-class VLLMEngine:
+class VLLMEngine(EngineBase):
     """Routes locally (same routers, TaskStore and AdapterPool as `RoutedModel`), generates on a
     vLLM server through its OpenAI-compatible API, one composed LoRA adapter per distinct route.
 
@@ -245,10 +230,6 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ the Engine protocol
     @property
-    def strategy(self) -> str:
-        return self.routers.strategy
-
-    @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
             with self._lock:
@@ -269,21 +250,6 @@ class VLLMEngine:
         if self._renderer is None:
             self._renderer = PromptRenderer(self.tokenizer, chat_template=self.chat_template)
         return self._renderer
-
-    def count_tokens(self, prompt: PromptLike) -> int:
-        return len(self.prompts.token_ids(prompt))
-
-    def route(self, text: str, *, strategy: str | None = None, exclude_tasks: Collection[str] = ()) -> Route:
-        return self.routers.route(text, strategy=strategy, exclude_tasks=exclude_tasks)
-
-    def route_many(self, texts: Sequence[str], *, strategy: str | None = None) -> list[Route]:
-        return self.routers.route_many(texts, strategy=strategy)
-
-    def route_from_override(self, adapters: list[str], weights: list[float] | None = None) -> Route:
-        return self.routers.override(adapters, weights)
-
-    def routing_text(self, prompt: PromptLike) -> str:
-        return routing_text(prompt)
 
     def generate(self, prompts: Sequence[PromptLike], routes: Sequence[Route | None] | None = None,
                  **options: Any) -> list[Generation]:
