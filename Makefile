@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: setup demo test test-fast bench eval-routing clean vllm-start vllm-stop
+.PHONY: setup demo test test-fast bench eval-routing clean vllm-start vllm-stop docs
 
 setup: $(STAMP)
 
@@ -32,6 +32,12 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q --durations=10 tests/unit_tests
+
+# API reference from the docstrings (pdoc, installed on first use): docs/api/index.html (not committed).
+docs: setup
+	$(BIN)/python -m pdoc --version >/dev/null 2>&1 || $(BIN)/pip install -q pdoc
+	$(BIN)/python -m pdoc -o docs/api --no-show-source $(addprefix lorauter_integrations,"" .engine .adapters.pool \
+	  .store .data .routing .route .compose .calls .langchain .llama_index .settings .project .demo .errors)
 
 # The routing table in README.md.
 eval-routing: setup

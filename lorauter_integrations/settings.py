@@ -24,7 +24,6 @@ Example ``lorauter.toml``::
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +85,14 @@ def find_config(start: str | Path | None = None) -> Path | None:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise InvalidInputError(f"{path}: reading lorauter.toml needs Python 3.11+ or `pip install tomli`; "
+                                    "or use LORAUTER_* environment variables") from None
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:

@@ -14,6 +14,7 @@ import pytest
 
 from lorauter_integrations.errors import InvalidInputError
 
+DEMO_POOL_DIR = Path(__import__("lorauter_integrations").__file__).parent / "_adapters" / "flan"
 LORAUTER = [sys.executable, "-m", "lorauter_integrations.cli"]
 REVIEW = "Review: the plot drags and the acting is wooden. Did the reviewer like the movie? OPTIONS: - no - yes"
 
@@ -27,8 +28,6 @@ def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def project(tmp_path, flan_tasks):
     """A project folder: validation sets, a lorauter.toml naming its store and the bundled pool."""
-    from lorauter_integrations.demo import DEMO_POOL_DIR
-
     (tmp_path / "val.jsonl").write_text("".join(e.model_dump_json() + "\n" for t in flan_tasks for e in t.examples))
     (tmp_path / "lorauter.toml").write_text(f'store = "my_store"\npool = "{DEMO_POOL_DIR}"\nk = 2\ntau = 0.1\n')
     (tmp_path / "my_store").mkdir()
@@ -63,16 +62,17 @@ def test_settings_refuse_unknown_keys_and_bad_values(project, monkeypatch):
 
 
 def test_cli_route_reads_the_project_file_and_prints_the_pools_adapters(project):
-    from lorauter_integrations.demo import demo_pool
+    from lorauter_integrations.adapters.pool import AdapterPool
 
+    pool = AdapterPool.from_dir(DEMO_POOL_DIR)
     assert run("index", "--validation", "val.jsonl", cwd=project).returncode == 0  # store from lorauter.toml
     out = run("route", REVIEW, "--json", cwd=project)
     assert out.returncode == 0, out.stderr
     route = json.loads(out.stdout)
     assert len(route["tasks"]) == 2  # k = 2 from lorauter.toml
-    task_to_adapter = demo_pool().task_to_adapter
+    task_to_adapter = pool.task_to_adapter
     assert set(route["adapters"]) == {task_to_adapter[t] for t in route["tasks"]}  # adapters, not task ids
-    assert set(route["adapters"]) <= set(demo_pool().ids)
+    assert set(route["adapters"]) <= set(pool.ids)
     env_k = run("route", REVIEW, "--json", cwd=project, LORAUTER_K="1")
     assert len(json.loads(env_k.stdout)["tasks"]) == 1
     opt_k = run("route", REVIEW, "--json", "-k", "3", cwd=project, LORAUTER_K="1")
