@@ -24,6 +24,7 @@ import math
 import os
 import re
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,14 @@ class AdapterPool:
         max_resident: How many adapters' tensors stay in memory (least recently used evicted).
     """
 
-    def __init__(self, root: str | Path | None = None, *, allow_pickle: bool = False, max_resident: int = 64):
+    def __init__(self, root: str | Path | None = None, *, allow_pickle: bool = False, max_resident: int = 64,
+                 check_base_model: bool = True, on_incompatible: str = "raise"):
+        if on_incompatible not in ("raise", "skip"):
+            raise AdapterError(f"on_incompatible must be 'raise' or 'skip', got {on_incompatible!r}")
+        self.check_base_model = check_base_model
+        self.on_incompatible = on_incompatible
+        self.skipped: dict[str, str] = {}  # adapter id -> why bind() left it out (on_incompatible="skip")
+        self._model_fingerprint: str | None = None
         if max_resident < 1:
             raise AdapterError("max_resident must be at least 1")
         self.root = Path(root).resolve() if root is not None else None
@@ -172,13 +180,25 @@ class AdapterPool:
         Raises `IncompatibleAdapterError` naming the first adapter that does not fit. Adapters
         registered later are checked at registration.
         """
+        from .compatibility import config_fingerprint
+
         param = next(model.parameters())
         with self._lock:
             self._model_base = base_model_id
             self._shapes = lora_target_shapes(model)
+            config = getattr(model, "config", None)
+            self._model_fingerprint = config_fingerprint(config) if hasattr(config, "to_dict") else None
             self._device, self._dtype = param.device, param.dtype
-            for record in self._records.values():
-                self._check(record)
+            for record in list(self._records.values()):
+                try:
+                    self._check(record)
+                except IncompatibleAdapterError as exc:
+                    if self.on_incompatible != "skip":
+                        raise
+                    warnings.warn(f"adapter pool: skipped {exc}", stacklevel=2)
+                    self.skipped[record.id] = str(exc)
+                    del self._records[record.id]
+                    self._revision += 1
             self._resident.clear()  # tensors may sit on another device/dtype
         return self
 
@@ -467,11 +487,12 @@ class AdapterPool:
         """Base id, target modules and shapes against the bound model (no-op until bind())."""
         if self._shapes is None:
             return
-        if record.base_model and self._model_base and not _same_base(record.base_model, self._model_base):
-            raise IncompatibleAdapterError(
-                f"adapter '{record.id}' was trained for '{record.base_model}', not for the loaded "
-                f"'{self._model_base}': load that base model or use adapters trained for this one"
-            )
+        if self.check_base_model:
+            from .compatibility import base_model_problem
+
+            problem = base_model_problem(record.id, record.base_model, self._model_base, self._model_fingerprint)
+            if problem:
+                raise IncompatibleAdapterError(problem)
         for name, (r, n_in, n_out) in record.modules.items():
             if name not in self._shapes:
                 raise IncompatibleAdapterError(
