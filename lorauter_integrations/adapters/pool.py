@@ -139,6 +139,7 @@ class AdapterPool:
         self.on_incompatible = on_incompatible
         self.skipped: dict[str, str] = {}  # adapter id -> why bind() left it out (on_incompatible="skip")
         self._model_fingerprint: str | None = None
+        self._layers: list[Path] = []  # pool folders layered over root (add_dir)
         if max_resident < 1:
             raise AdapterError("max_resident must be at least 1")
         self.root = Path(root).resolve() if root is not None else None
@@ -173,6 +174,33 @@ class AdapterPool:
             for sub in sorted(p for p in root_path.iterdir() if (p / "adapter_config.json").exists()):
                 pool.register(sub.name, sub.name)
         return pool
+
+    def add_dir(self, root: str | Path) -> list[AdapterRecord]:
+        """Layer another pool folder over this one (a user pool over the bundled demo pool): its
+        ``adapters.json`` (or adapter subfolders) are registered, checked against the bound model;
+        an id already present is replaced. Adapter files must stay inside that folder."""
+        root_path = Path(root)
+        if not root_path.is_dir():
+            raise AdapterError(f"adapter pool directory not found: {root_path}")
+        root_path = root_path.resolve()
+        with self._lock:
+            if root_path not in self._layers and root_path != self.root:
+                self._layers.append(root_path)
+        manifest = root_path / MANIFEST
+        if manifest.exists() or manifest.is_symlink():
+            data = load_manifest(self._confined_file(root_path, MANIFEST))
+            entries = [(e.id, e.path, e.tasks, e.description) for e in data.adapters]
+        else:
+            entries = [(p.name, p.name, [], "") for p in sorted(root_path.iterdir())
+                       if (p / "adapter_config.json").exists()]
+        return [self.register(i, root_path / path, tasks=tasks, description=desc) for i, path, tasks, desc in entries]
+
+    def _bound_root(self, folder: Path) -> Path | None:
+        """The pool folder (root or a layered one) that holds ``folder``."""
+        for root in (self.root, *self._layers):
+            if root is not None and folder.is_relative_to(root):
+                return root
+        return None
 
     def bind(self, model, base_model_id: str | None = None) -> "AdapterPool":
         """Check every adapter against ``model`` and load future weights onto its device and dtype.
@@ -312,10 +340,10 @@ class AdapterPool:
         except (OSError, ValueError, RuntimeError) as exc:  # NUL bytes, symlink loops, too long
             raise AdapterError(f"adapter path {str(path)!r} cannot be resolved ({exc})") from None
         if self.root is not None:
-            if not folder.is_relative_to(self.root):
+            if self._bound_root(folder) is None:
                 raise AdapterError(
                     f"adapter path {str(path)!r} escapes the pool directory {self.root}: "
-                    "keep adapters inside the pool"
+                    "keep adapters inside the pool, or layer their folder with pool.add_dir(folder)"
                 )
         if not folder.is_dir():
             raise AdapterError(f"adapter folder not found: {folder}")
@@ -332,7 +360,8 @@ class AdapterPool:
             return path
         except (OSError, RuntimeError, ValueError) as exc:  # symlink loops, permissions
             raise AdapterError(f"{path}: cannot be resolved ({exc})") from None
-        bound = self.root if self.root is not None else Path(folder).resolve()
+        bound = (self._bound_root(Path(folder).resolve()) or self.root) if self.root is not None \
+            else Path(folder).resolve()
         if not real.is_relative_to(bound):
             raise AdapterError(
                 f"{path} resolves to {real}, outside the pool directory {bound}: every file of an adapter "

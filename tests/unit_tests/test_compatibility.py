@@ -71,3 +71,25 @@ def test_one_incompatible_adapter_is_skipped_and_reported_not_fatal(tmp_path, ti
     assert engine.pool.task_to_adapter == {"task_good": "good"}
     out = engine.generate(["hello"], [engine.route_from_override(["good"])], max_new_tokens=2)[0]
     assert out.route.adapters == ["good"]
+
+
+def test_a_user_pool_folder_layers_over_a_pool_and_stays_confined(tmp_path, tiny_loaded, make_adapter):
+    from lorauter_integrations.engine import RoutedModel
+    from lorauter_integrations.errors import AdapterError
+
+    bundled, mine = tmp_path / "bundled", tmp_path / "mine"
+    make_adapter("a", root=bundled)
+    make_adapter("mine_x", root=mine)
+    make_adapter("elsewhere", root=tmp_path / "elsewhere")
+    (mine / "adapters.json").write_text(json.dumps({"adapters": [{"id": "mine_x", "path": "mine_x",
+                                                                  "tasks": ["my_task"]}]}))
+    engine = RoutedModel(tiny_loaded, pool=_pool(bundled, ["a"]))
+    with pytest.raises(AdapterError, match="escapes the pool directory"):
+        engine.pool.register("mine_x", mine / "mine_x")  # not layered yet
+    engine.pool.add_dir(mine)
+    assert engine.pool.ids == ["a", "mine_x"] and engine.pool.task_to_adapter["my_task"] == "mine_x"
+    engine.pool.register("again", mine / "mine_x", tasks=["other"])  # inside a layered folder: allowed
+    with pytest.raises(AdapterError, match="escapes"):
+        engine.pool.register("out", tmp_path / "elsewhere" / "elsewhere")
+    out = engine.generate(["hello"], [engine.route_from_override(["mine_x"])], max_new_tokens=2)[0]
+    assert out.route.adapters == ["mine_x"]
