@@ -208,6 +208,51 @@ def install_demo_model(dry_run: bool = typer.Option(False, "--dry-run", help="Pr
     typer.echo(f"demo model installed: {demo_gguf_path()}", err=True)
 
 
+@app.command("add-adapter")
+def add_adapter(
+    adapter: Path = typer.Argument(..., help="A PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)."),
+    validation: Path = typer.Option(..., "--validation", help="JSONL validation set(s) of the task(s) it serves."),
+    pool: Optional[Path] = PoolOpt,
+    store: Optional[Path] = StoreOpt,
+    server: Optional[str] = ServerOpt,
+    config: Optional[Path] = ConfigOpt,
+    adapter_id: Optional[str] = typer.Option(None, "--id", help="Adapter id (default: the folder name)."),
+) -> None:
+    """Add an adapter with its validation set in one step: copy it into the pool, map its tasks to it
+    in adapters.json, index the tasks in the store (routable at once)."""
+    import shutil
+
+    from .adapters.manifest import MANIFEST
+    from .adapters.pool import AdapterPool
+    from .data import load_tasks
+
+    settings = _settings(config, pool=pool, store=store, server=server)
+    if not settings.pool:
+        raise LoRAuterError("which pool? pass --pool DIR or set pool in lorauter.toml or LORAUTER_POOL "
+                            "(the bundled demo pool is not written to)")
+    tasks = load_tasks(validation)  # validated before anything is written
+    root = Path(settings.pool)
+    root.mkdir(parents=True, exist_ok=True)
+    adapter_id = adapter_id or adapter.resolve().name
+    AdapterPool().register(adapter_id, adapter)  # a readable LoRA folder, before it is copied
+    target = root / adapter_id
+    if adapter.resolve() != target.resolve():
+        if target.exists():
+            raise LoRAuterError(f"{target} exists: choose another --id or remove it")
+        shutil.copytree(adapter, target)
+    manifest_path = root / MANIFEST
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {"adapters": []}
+    manifest["adapters"] = [a for a in manifest.get("adapters", []) if a.get("id") != adapter_id] + [
+        {"id": adapter_id, "path": adapter_id, "tasks": [t.task for t in tasks]}]
+    tmp = manifest_path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(manifest_path)
+    AdapterPool.from_dir(root)  # the pool still opens
+    report = _open_store(store, server, config, write=True).index(tasks)
+    typer.echo(f"added adapter {adapter_id} for tasks {', '.join(t.task for t in tasks)} to {root}; store: {report}",
+               err=True)
+
+
 @app.command("eval-routing")
 def eval_routing(
     validation: Path = typer.Option(..., "--validation"),
@@ -338,6 +383,7 @@ def eval_cmd(
 @app.command("bench")
 def bench_cmd(
     quick: bool = typer.Option(False, "--quick", help="Fewer repetitions and a small noisy pool (< 3 min)."),
+    smoke: bool = typer.Option(False, "--smoke", help="Every phase once, smallest sizes (a test that it runs)."),
     as_json: bool = typer.Option(False, "--json", help="Print all figures as one JSON object on stdout."),
     plot_dir: Optional[Path] = typer.Option(None, "--plot", help="Write PNG plots into this folder."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
@@ -346,7 +392,7 @@ def bench_cmd(
     _need_lab()
     from .lab.bench import plot_bench, run_bench, summary_table
 
-    results = run_bench(quick=quick, threads=threads)
+    results = run_bench(quick=quick, threads=threads, smoke=smoke)
     if plot_dir:
         for path in plot_bench(results, plot_dir):
             typer.echo(f"wrote {path}", err=True)

@@ -85,3 +85,20 @@ def test_writing_commands_need_a_named_store(tmp_path):
     (tmp_path / "v.jsonl").write_text('{"task": "t", "inputs": "hello"}\n')
     out = run("index", "--validation", "v.jsonl", cwd=tmp_path)
     assert out.returncode == 2 and "which task store" in out.stderr, out.stderr
+
+
+def test_add_adapter_with_its_validation_set_makes_it_routable_in_one_command(tmp_path):
+    import shutil
+
+    shutil.copytree(DEMO_POOL_DIR / "sst2", tmp_path / "downloads" / "film_lora")
+    (tmp_path / "lorauter.toml").write_text('pool = "my_pool"\nstore = "my_store"\n')
+    (tmp_path / "films.jsonl").write_text("".join(json.dumps({"task": "film_reviews", "inputs": t}) + "\n" for t in (
+        "Review: a joyless, clumsy film. Positive or negative?", "Review: a delight from start to end. Verdict?")))
+    done = run("add-adapter", "downloads/film_lora", "--validation", "films.jsonl", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tmp_path / "my_pool" / "adapters.json").read_text())
+    assert manifest["adapters"] == [{"id": "film_lora", "path": "film_lora", "tasks": ["film_reviews"]}]
+    out = run("route", REVIEW, "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    route = json.loads(out.stdout)
+    assert route["tasks"] == ["film_reviews"] and route["adapters"] == ["film_lora"]
