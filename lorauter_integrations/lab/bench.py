@@ -108,6 +108,14 @@ class BenchConfig(BaseModel):
                    quality_queries_per_task=10)
 
     @classmethod
+    def smoke(cls) -> "BenchConfig":
+        """Every phase once at the smallest size that still reports every headline key: for the
+        smoke test on a loaded machine (figures are not meaningful)."""
+        return cls.quick().model_copy(update=dict(
+            route_queries=8, tokens=8, warmup_tokens=1, gen_repeats=1, callers=4, caller_routes=4, compose_repeats=1,
+            peft_repeats=1, noisy_pool_size=64, mapping_max_examples=1, quality_queries_per_task=4))
+
+    @classmethod
     def full(cls) -> "BenchConfig":
         return cls()
 
@@ -689,7 +697,7 @@ def bench_noisy_pool(loaded, demo_pool, task_sets, test_examples, store, cfg: Be
 
 # ----------------------------------------------------------------------------- the run
 def run_bench(quick: bool = False, *, config: BenchConfig | None = None, threads: int | None = None,
-              progress: bool = True, work_dir: str | Path | None = None) -> dict:
+              progress: bool = True, work_dir: str | Path | None = None, smoke: bool = False) -> dict:
     """Run every section in this process and return one JSON-ready dict (headline keys on top).
 
     ``quick`` uses `BenchConfig.quick` (under 3 minutes on a 2-core CPU); ``work_dir`` keeps the
@@ -705,7 +713,7 @@ def run_bench(quick: bool = False, *, config: BenchConfig | None = None, threads
 
     import torch
 
-    cfg = config or (BenchConfig.quick() if quick else BenchConfig.full())
+    cfg = config or (BenchConfig.smoke() if smoke else BenchConfig.quick() if quick else BenchConfig.full())
     if threads is not None:
         cfg = cfg.model_copy(update={"threads": threads})
     if cfg.threads:
@@ -842,7 +850,7 @@ def run_bench(quick: bool = False, *, config: BenchConfig | None = None, threads
     return {
         **headline,
         "targets": met,
-        "mode": "quick" if quick else "full",
+        "mode": "smoke" if smoke else "quick" if quick else "full",
         "config": cfg.model_dump(),
         "machine": info,
         "routing": routing,

@@ -1,4 +1,4 @@
-"""Smoke test of `lorauter bench --quick --json`: it runs end to end and reports every headline key.
+"""Smoke test of `lorauter bench --smoke --json`: it runs end to end and reports every headline key.
 
 The figures themselves are benchmarks, not test outcomes (they depend on the machine's load); see
 BENCHMARKS.md for measured values.
@@ -21,9 +21,9 @@ HEADLINE_KEYS = [
 
 
 @pytest.mark.slow
-def test_bench_quick_json_reports_every_headline_key_as_a_number():
+def test_bench_smoke_json_reports_every_headline_key_as_a_number():
     proc = subprocess.run(
-        [sys.executable, "-m", "lorauter_integrations.cli", "bench", "--quick", "--json"],
+        [sys.executable, "-m", "lorauter_integrations.cli", "bench", "--smoke", "--json"],
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -31,7 +31,7 @@ def test_bench_quick_json_reports_every_headline_key_as_a_number():
     for key in HEADLINE_KEYS:
         assert isinstance(results[key], (int, float)) and results[key] >= 0, key
     assert set(results["targets"]) == set(TARGETS)
-    assert results["mode"] == "quick"
+    assert results["mode"] == "smoke"
     assert results["noisy_pool"]["pool_size"] >= 64
     assert results["batch"]["identical_outputs"] == "8/8"  # batched rows decode exactly what they decode alone
     assert set(results["seconds_per_phase"]) >= {"routing", "composition", "generation", "mixed_batch", "noisy_pool"}
