@@ -16,7 +16,9 @@ Every write run first records the tasks it is about to change in a journal (``jo
 ``{name}-meta``) and clears it last: a run killed at any point leaves the journal behind, and the
 next `index` rewrites every task it names (even one whose registry hash still matches: an update
 killed midway may have replaced some of its examples), drops the examples of journalled tasks
-that never completed, and rebuilds the task vectors.
+that never completed, and rebuilds the task vectors. Before its first write a run validates the
+texts, encodes them and fits every representation in memory, so input that cannot be stored or
+fitted is refused with the store unchanged.
 
 One process per embedded store folder: a `PersistentClient` folder is not safe to share between
 processes (not even for reading: opening one may write it, and a reader never sees another
@@ -48,6 +50,7 @@ import hashlib
 import io
 import json
 import os
+import queue
 import shutil
 import threading
 import time
@@ -258,7 +261,7 @@ class _Deadline:
                     if self.stuck == what:
                         self.stuck = None
 
-        threading.Thread(target=run, name=f"lorauter-store:{what}", daemon=True).start()
+        _WORKERS.submit(run)
         done.wait(self.seconds)
         with self._mutex:
             overran = not done.is_set()
@@ -275,6 +278,32 @@ class _Deadline:
         return box["value"]
 
 
+class _WorkerPool:
+    """Daemon threads that run bounded Chroma calls, reused (a fresh thread per call costs ~0.3 ms
+    per call, measured); a thread stuck in a call simply never comes back, and the next call gets
+    a new one. Daemon threads never keep the interpreter from exiting."""
+
+    def __init__(self):
+        self._idle: list[queue.SimpleQueue] = []
+        self._guard = threading.Lock()
+
+    def submit(self, job) -> None:
+        with self._guard:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(inbox,), name="lorauter-store-call", daemon=True).start()
+        inbox.put(job)
+
+    def _serve(self, inbox: queue.SimpleQueue) -> None:
+        while True:
+            job = inbox.get()
+            job()
+            with self._guard:
+                self._idle.append(inbox)
+
+
+_WORKERS = _WorkerPool()
 _BOUNDED_METHODS = frozenset({"get", "query", "count", "add", "upsert", "update", "delete", "modify", "peek"})
 
 
@@ -501,6 +530,8 @@ class TaskStore:
     ):
         self._folder_lock: _FolderLock | None = None
         timeout = _resolve_timeout(call_timeout_s)
+        if isinstance(lock_wait_s, bool) or not isinstance(lock_wait_s, (int, float)) or not lock_wait_s >= 0:
+            raise InvalidInputError(f"lock_wait_s must be a number of seconds >= 0, not {lock_wait_s!r}")
         self.name = name
         if client is None:
             if path is None:
@@ -815,11 +846,25 @@ class TaskStore:
         tasks = list(tasks)
         seen: set[str] = set()
         for ts in tasks:
+            if not isinstance(ts, TaskSet):
+                raise InvalidInputError(f"index() takes TaskSets (see load_tasks), got {type(ts).__name__}")
             if ts.task in seen:
                 raise InvalidInputError(f"task '{ts.task}' is given twice; merge its examples into one task")
             seen.add(ts.task)
             if not ts.examples:
                 raise InvalidInputError(f"task '{ts.task}' has no examples")
+            # Everything is checked before the first write: a refused index leaves the store as it was.
+            for what, text in [("task id", ts.task), ("domain", ts.domain or ""), ("metric", ts.metric),
+                               *(("an input", t) for t in ts.inputs)]:
+                if not isinstance(text, str):
+                    raise InvalidInputError(f"task {ts.task!r}: {what} is not a string")
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise InvalidInputError(
+                        f"task {ts.task!r}: {what} holds a lone surrogate at position {exc.start}, which is not "
+                        "valid Unicode text; it is refused (nothing was written): fix its source"
+                    ) from None
         report = IndexReport()
         with self._lock:
             self._registry_cache = None
@@ -847,11 +892,27 @@ class TaskStore:
             still_dirty = sorted(t for t in pending if t in registry and t not in given)
             if not todo and not orphans and not running:
                 if self._representations_outdated():
+                    fitted = self._fit_without(())
                     self._write_journal(sorted(pending))  # a killed rebuild is redone by the next run
-                    self._rebuild_task_vectors()
+                    self._write_fit(fitted)
                     self._clear_journal(still_dirty)
                     report.refitted = True
                 return report
+            # Encode and fit before the first write: what cannot be encoded or fitted is refused
+            # with the store unchanged.
+            rows: dict[str, tuple[list[str], np.ndarray, dict]] = {}
+            for ts, _ in tqdm(todo, desc="encoding tasks", unit="task", disable=not progress):
+                dense = np.asarray(self.encode(ts.inputs), dtype=np.float32)
+                if dense.shape != (len(ts.inputs), int(self.encoder.dim)) or not np.isfinite(dense).all():
+                    raise InvalidInputError(f"task {ts.task!r}: the encoder returned {dense.shape} vectors "
+                                            "(or non-finite values); nothing was written")
+                rows[ts.task] = ([f"{ts.task}/{i:05d}" for i in range(len(ts.examples))], dense,
+                                 {"task": ts.task, "domain": ts.domain or ""})
+            fitted = self._fit_without(
+                set(rows) | set(orphans),
+                [(i, v, d, md) for ts, _ in todo for i, v, d, md in zip(
+                    rows[ts.task][0], rows[ts.task][1], ts.inputs, [rows[ts.task][2]] * len(ts.inputs))],
+            )
             self._stamp_encoder()
             run = uuid.uuid4().hex
             self._write_journal(sorted(pending | {ts.task for ts, _ in todo}), run=run)
@@ -861,14 +922,12 @@ class TaskStore:
             bar = tqdm(todo, desc="indexing tasks", unit="task", disable=not progress)
             for ts, _ in bar:
                 bar.set_postfix_str(ts.task)
-                dense = self.encode(ts.inputs)
+                ids, dense, md = rows[ts.task]
                 self._examples.delete(where={"task": ts.task})
-                ids = [f"{ts.task}/{i:05d}" for i in range(len(ts.examples))]
-                md = {"task": ts.task, "domain": ts.domain or ""}
                 for s in range(0, len(ids), _BATCH):
                     self._examples.upsert(ids=ids[s:s + _BATCH], embeddings=dense[s:s + _BATCH],
                                           documents=ts.inputs[s:s + _BATCH], metadatas=[md] * len(ids[s:s + _BATCH]))
-            self._rebuild_task_vectors()
+            self._write_fit(fitted)
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             recs = [TaskRecord(task=ts.task, domain=ts.domain, metric=ts.metric, size=len(ts.examples),
                                created_at=now, content_hash=h) for ts, h in todo]
@@ -951,47 +1010,91 @@ class TaskStore:
         every task's vector; with tens of thousands of examples this is seconds, no re-encoding.
         """
         got = self._examples.get(include=["embeddings", "metadatas", "documents"])
-        if not got["ids"]:
+        self._write_fit(self._fit_rows(got["ids"], got["embeddings"], got["documents"], got["metadatas"]))
+
+    def _fit_rows(self, ids, embeddings, documents, metadatas) -> list[tuple] | None:
+        """Fit every representation on these example rows and compute all task vectors, in memory
+        (nothing is written: a write run fits first, so data that cannot be fitted is refused before
+        the store changes). None when there are no examples."""
+        if not len(ids):
+            return None
+        order = np.argsort(np.asarray(ids), kind="stable")
+        dense = np.asarray(embeddings, dtype=np.float32)[order]
+        texts = [documents[i] for i in order]
+        mds = [metadatas[i] for i in order]
+        task_of = [m["task"] for m in mds]
+        domains = [m.get("domain") or None for m in mds]
+        domain_of = dict(zip(task_of, domains))
+        idx_by_task: dict[str, list[int]] = {}
+        for i, t in enumerate(task_of):
+            idx_by_task.setdefault(t, []).append(i)
+        fitted = []
+        for rep_name in list(self.representations):
+            # Always this version's recipe: a state loaded from the store may be an older one.
+            rep = make_representation(rep_name)
+            try:
+                rep.fit(texts, dense, task_of, domains)
+                feats = rep.featurize(texts, dense)
+            except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:  # scipy: NaN/inf, singular
+                raise InvalidInputError(
+                    f"task store {self._where}: the '{rep_name}' task representation cannot be fitted on these "
+                    f"examples ({type(exc).__name__}: {exc}); nothing was written. This happens with degenerate "
+                    "data (e.g. every task has a single example, or all inputs are identical): give the tasks "
+                    "several varied examples"
+                ) from exc
+            vec_ids, vecs, metas = [], [], []
+            for t, idx in idx_by_task.items():
+                protos = rep.task_vectors(feats[idx])
+                for j, v in enumerate(protos):
+                    vec_ids.append(f"{t}/{j}")
+                    vecs.append(v)
+                    metas.append({"task": t, "domain": domain_of[t] or "", "prototype": j})
+            if hasattr(rep, "release_fit_data"):
+                rep.release_fit_data()  # the next rebuild refits anyway
+            vecs_arr = np.asarray(vecs, dtype=np.float32)
+            if not np.isfinite(vecs_arr).all():
+                bad = sorted({m["task"] for m, v in zip(metas, vecs_arr) if not np.isfinite(v).all()})
+                raise InvalidInputError(
+                    f"the '{rep_name}' task vectors of {bad[:5]} come out non-finite (degenerate examples, "
+                    "e.g. identical inputs whose spread is zero); nothing was written: give those tasks "
+                    "varied examples"
+                )
+            fitted.append((rep_name, rep, vec_ids, vecs_arr, metas))
+        return fitted
+
+    def _write_fit(self, fitted: list[tuple] | None) -> None:
+        """Write what `_fit_rows` computed: every task vector and each representation's state."""
+        if fitted is None:
             for col in self._task_cols.values():
                 if col.count():
                     col.delete(ids=col.get(include=[])["ids"])
             self._bump_version()
             return
-        order = np.argsort(np.asarray(got["ids"]), kind="stable")
-        dense = np.asarray(got["embeddings"], dtype=np.float32)[order]
-        texts = [got["documents"][i] for i in order]
-        mds = [got["metadatas"][i] for i in order]
-        task_of = [m["task"] for m in mds]
-        domains = [m.get("domain") or None for m in mds]
-        domain_of = dict(zip(task_of, domains))
-        for rep_name in list(self.representations):
-            # Always this version's recipe: a state loaded from the store may be an older one.
-            rep = self.representations[rep_name] = make_representation(rep_name)
-            rep.fit(texts, dense, task_of, domains)
-            feats = rep.featurize(texts, dense)
-            ids, vecs, metas = [], [], []
-            idx_by_task: dict[str, list[int]] = {}
-            for i, t in enumerate(task_of):
-                idx_by_task.setdefault(t, []).append(i)
-            for t, idx in idx_by_task.items():
-                protos = rep.task_vectors(feats[idx])
-                for j, v in enumerate(protos):
-                    ids.append(f"{t}/{j}")
-                    vecs.append(v)
-                    metas.append({"task": t, "domain": domain_of[t] or "", "prototype": j})
-            if hasattr(rep, "release_fit_data"):
-                rep.release_fit_data()  # the next rebuild refits anyway
+        for rep_name, rep, ids, vecs_arr, metas in fitted:
+            self.representations[rep_name] = rep
             col = self._task_cols[rep_name]
             existing = set(col.get(include=[])["ids"])
             stale = sorted(existing - set(ids))
             if stale:
                 col.delete(ids=stale)
-            vecs_arr = np.asarray(vecs, dtype=np.float32)
             for s in range(0, len(ids), _BATCH):
                 col.upsert(ids=ids[s:s + _BATCH], embeddings=vecs_arr[s:s + _BATCH], metadatas=metas[s:s + _BATCH])
             self._meta.upsert(ids=[_STATE_PREFIX + rep_name], embeddings=np.ones((1, 1), dtype=np.float32),
                               documents=[_encode_state(rep.state_dict())], metadatas=[{"kind": "state"}])
         self._bump_version()
+
+    def _fit_without(self, drop: Collection[str], add: list[tuple[str, np.ndarray, list[str], dict]] = ()):
+        """`_fit_rows` on the stored examples minus the tasks ``drop``, plus rows ``add``
+        (id, vector, document, metadata): the fit a write run will leave, before it writes."""
+        got = self._examples.get(include=["embeddings", "metadatas", "documents"])
+        rows = [(i, e, d, m) for i, e, d, m in zip(got["ids"], got["embeddings"], got["documents"], got["metadatas"])
+                if m["task"] not in drop]
+        rows += list(add)
+        if not rows:
+            return None
+        ids, embs, docs, mds = zip(*rows)
+        return self._fit_rows(list(ids), np.asarray([np.asarray(e, dtype=np.float32) for e in embs]), list(docs),
+                              list(mds))
 
     @_wrap_chroma("remove a task")
     def remove(self, task: str) -> None:
@@ -999,11 +1102,12 @@ class TaskStore:
         with self._lock:
             self.task(task)  # raises UnknownTaskError
             pending, _, _ = self._read_journal()
+            fitted = self._fit_without({task})  # before writing: a refused removal changes nothing
             self._write_journal(sorted({*pending, task}))  # a killed removal is finished by the next index
             self._meta.delete(ids=[_TASK_PREFIX + task])
             self._registry_cache = None
             self._examples.delete(where={"task": task})
-            self._rebuild_task_vectors()
+            self._write_fit(fitted)
             self._clear_journal([t for t in pending if t != task])
 
     @_wrap_chroma("write synthetic task vectors")

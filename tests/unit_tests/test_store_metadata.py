@@ -270,3 +270,21 @@ def test_a_full_disk_is_named_as_such(built, monkeypatch, exc):
     changed = [t.model_copy(update={"examples": t.examples[:2]}) for t in _tasks()]
     with pytest.raises(StoreError, match="the disk is full.*free some space"):
         st.index(changed, progress=False)
+
+
+# -- a write that cannot be fitted changes nothing -------------------------------------------------
+def test_examples_that_cannot_be_fitted_are_refused_before_anything_is_written(built):
+    from lorauter_integrations.errors import InvalidInputError
+
+    with TaskStore(built, encoder=HashEncoder()) as st:
+        before = ([r.model_dump() for r in st.tasks()], sorted(st._examples.get()["ids"]),
+                  sorted(st._task_cols["hybrid"].get()["ids"]))
+        # replace every task by one with a single example: the representation's fit degenerates
+        degenerate = [TaskSet(task=t, domain=t, examples=[Example(task=t, inputs=f"only {t}", domain=t)])
+                      for t in ("sent", "tran")]
+        with pytest.raises(InvalidInputError, match="cannot be fitted.*nothing was written"):
+            st.index(degenerate, progress=False)
+        after = ([r.model_dump() for r in st.tasks()], sorted(st._examples.get()["ids"]),
+                 sorted(st._task_cols["hybrid"].get()["ids"]))
+        assert after == before and st._read_journal() == ([], False, None)
+        assert st.index(_tasks(), progress=False).unchanged == ["sent", "tran"]
