@@ -44,10 +44,18 @@ def merge_by_adapter(
 
 
 def check_text(text: str) -> str:
+    """A routable text: a non-empty string of valid Unicode (lone surrogates are refused)."""
     if not isinstance(text, str):
         raise InvalidInputError(f"routing text must be a string, got {type(text).__name__}")
     if not text.strip():
         raise InvalidInputError("cannot route an empty prompt: give some text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidInputError(
+            f"the text to route holds a lone surrogate ({text[e.start:e.end]!r} at position {e.start}), which is not "
+            "valid Unicode; it is refused: decode your input with errors='replace' or fix its source"
+        ) from None
     return text
 
 
