@@ -173,7 +173,7 @@ def generate(
 @app.command()
 def demo(max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1)) -> None:
     """Answer one held-out query per task family with the demo engine, in one batched call."""
-    from .demo import run_demo
+    from .walkthrough import run_demo
 
     run_demo(max_new_tokens=max_new_tokens, echo=typer.echo)
 

@@ -168,3 +168,35 @@ _store_names = __import__("itertools").count()
 def store_name() -> str:
     """A collection-name prefix no other test of this session uses."""
     return f"rel{os.getpid()}x{next(_store_names)}"
+
+
+# --- the tiny routed engine: the random Llama, real adapters a/b/c and a real task store of three
+# tasks (sentiment, translation, question answering); its text is random, so tests on it check
+# plumbing (routes, metadata, batching, callbacks), never wording.
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+    """A real TaskStore of three tasks (indexed once per session)."""
+    import json
+
+    from lc_support import TASKS
+    from lorauter_integrations.store import TaskStore
+
+    root = tmp_path_factory.mktemp("lc_store")
+    path = root / "validation.jsonl"
+    with path.open("w") as f:
+        for task, inputs in TASKS.items():
+            for text in inputs:
+                f.write(json.dumps({"task": task, "inputs": text, "targets": "x", "domain": task}) + "\n")
+    store = TaskStore(root / "store")
+    store.index_file(path, progress=False)
+    return store
+
+
+@pytest.fixture
+def tiny_engine(tiny_loaded, tiny_pool_dir, tiny_store):
+    """A RoutedModel over the tiny random Llama, adapters a/b/c, routed by the real lorauter router."""
+    from lorauter_integrations.engine import RoutedModel
+    from lorauter_integrations.adapters.pool import AdapterPool
+
+    pool = AdapterPool.from_dir(tiny_pool_dir)
+    return RoutedModel(tiny_loaded, pool=pool, store=tiny_store)

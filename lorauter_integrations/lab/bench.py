@@ -84,6 +84,8 @@ class BenchConfig(BaseModel):
     batch_repeats: int = Field(default=3, description="Repetitions of batched vs sequential.")
     batch_nn_linear: bool = Field(default=True, description="Also run the mixed batch with plain nn.Linear layers "
                                                             "(no oneDNN-packed weights), for comparison.")
+    composition_strategies: tuple[str, ...] | None = Field(
+        default=None, description="Composition strategies timed (None: all; naive PEFT for the same ones).")
     callers: int = Field(default=16, description="Independent callers (threads) of the concurrent-callers phase.")
     caller_routes: int = Field(default=8, description="Distinct routes among the concurrent callers.")
     caller_stagger_s: float = Field(default=0.02, description="Delay between the callers' arrivals.")
@@ -113,7 +115,8 @@ class BenchConfig(BaseModel):
         smoke test on a loaded machine (figures are not meaningful)."""
         return cls.quick().model_copy(update=dict(
             route_queries=8, tokens=8, warmup_tokens=1, gen_repeats=1, callers=4, caller_routes=4, compose_repeats=1,
-            peft_repeats=1, noisy_pool_size=64, mapping_max_examples=1, quality_queries_per_task=4))
+            peft_repeats=1, noisy_pool_size=64, mapping_max_examples=1, quality_queries_per_task=4,
+            composition_strategies=("mixture",)))
 
     @classmethod
     def full(cls) -> "BenchConfig":
@@ -321,15 +324,18 @@ def _mixture_route(adapters: Sequence[str], weights: Sequence[float]):
     return Route(strategy="bench", adapters=list(adapters), weights=list(weights))
 
 
-def bench_composition(engine, adapters: Sequence[str], repeats: int, peft_model, peft_repeats: int) -> dict:
+def bench_composition(engine, adapters: Sequence[str], repeats: int, peft_model, peft_repeats: int,
+                      strategies: Sequence[str] | None = None) -> dict:
     """Per strategy: cold composition, cached activation, merge + restore; naive PEFT per request."""
     from ..compose import STRATEGIES, CompositionConfig
+
+    strategies = tuple(strategies or STRATEGIES)
 
     composer, pool = engine.composer, engine.pool
     for a in adapters:
         pool.weights(a)  # resident: "cold" is about composing, disk reads are timed separately
     per_strategy: dict[str, dict] = {}
-    for strategy in STRATEGIES:
+    for strategy in strategies:
         config = CompositionConfig(strategy=strategy)
         n = max(2, repeats // 5) if strategy == "svd" else repeats
         compose_ms, activate_ms, cached_ms, restore_ms, merge_ms = [], [], [], [], []
@@ -385,6 +391,8 @@ def bench_composition(engine, adapters: Sequence[str], repeats: int, peft_model,
     if peft_model is not None:
         done: set[str] = set()
         for strategy, ctype in PEFT_COMBINATION.items():
+            if strategy not in strategies:
+                continue
             if ctype in done:
                 naive[strategy] = naive[next(s for s, c in PEFT_COMBINATION.items() if c == ctype)]
                 continue
@@ -768,7 +776,8 @@ def run_bench(quick: bool = False, *, config: BenchConfig | None = None, threads
     peft_model = _peft_model(loaded, pool, adapters)
     mark("peft_model_loaded")
     log(f"composition: {len(PEFT_COMBINATION)} strategies, ours vs naive PEFT")
-    composition = bench_composition(engine, adapters, cfg.compose_repeats, peft_model, cfg.peft_repeats)
+    composition = bench_composition(engine, adapters, cfg.compose_repeats, peft_model, cfg.peft_repeats,
+                                    cfg.composition_strategies)
     mark("composition")
 
     prompt = next(e.inputs for e in test if e.task == pool.records[0].tasks[0]) if pool.records[0].tasks else test[0].inputs

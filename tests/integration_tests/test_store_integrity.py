@@ -16,7 +16,6 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

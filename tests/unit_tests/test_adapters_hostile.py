@@ -4,7 +4,6 @@ file read confined to the pool, weights replaced on disk reloaded with their own
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -15,7 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st

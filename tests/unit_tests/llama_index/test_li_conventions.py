@@ -44,8 +44,8 @@ def routing_texts():
 
 
 @pytest.fixture
-def llm(li_tiny_engine):
-    return LoRAuterLLM(engine=li_tiny_engine, max_new_tokens=6)
+def llm(tiny_engine):
+    return LoRAuterLLM(engine=tiny_engine, max_new_tokens=6)
 
 
 def test_the_route_is_the_same_json_dict_on_the_response_and_its_message(llm):
@@ -70,13 +70,13 @@ def test_chat_memory_keeps_the_route_of_each_answer(llm):
     assert ChatMessage.model_validate(stored[1]).additional_kwargs["lorauter"] == answers[0].additional_kwargs["lorauter"]
 
 
-def test_a_tool_call_cut_off_by_the_token_budget_says_so_and_what_to_raise(li_tiny_engine):
+def test_a_tool_call_cut_off_by_the_token_budget_says_so_and_what_to_raise(tiny_engine):
     def lookup_weather(city: str, unit: str = "celsius") -> str:
         """Look up the current weather of a city."""
         return "sunny"
 
     tool = FunctionTool.from_defaults(fn=lookup_weather)
-    llm = LoRAuterLLM(engine=li_tiny_engine, max_new_tokens=8)
+    llm = LoRAuterLLM(engine=tiny_engine, max_new_tokens=8)
     response = llm.chat_with_tools([tool], user_msg="What is the weather in Paris?", tool_required=True)
     assert response.additional_kwargs["finish_reason"] == "length"
     with pytest.raises(ToolCallError, match="token budget.*raise max_new_tokens"):
@@ -85,13 +85,13 @@ def test_a_tool_call_cut_off_by_the_token_budget_says_so_and_what_to_raise(li_ti
 
 @pytest.mark.xfail(strict=True, reason="known: when the budget ends inside the first argument value, the "
                    "lenient parser closes the JSON and returns a call with a cut-off value (reported to the lead)")
-def test_a_call_whose_argument_value_was_cut_off_is_not_returned_as_a_valid_call(li_tiny_engine):
+def test_a_call_whose_argument_value_was_cut_off_is_not_returned_as_a_valid_call(tiny_engine):
     def lookup_weather(city: str, unit: str = "celsius") -> str:
         """Look up the current weather of a city."""
         return "sunny"
 
     tool = FunctionTool.from_defaults(fn=lookup_weather)
-    llm = LoRAuterLLM(engine=li_tiny_engine, max_new_tokens=2)
+    llm = LoRAuterLLM(engine=tiny_engine, max_new_tokens=2)
     response = llm.chat_with_tools([tool], user_msg="What is the weather in Paris?", tool_required=True)
     assert response.additional_kwargs["finish_reason"] == "length"
     with pytest.raises(ToolCallError, match="token budget"):
