@@ -131,7 +131,11 @@ def engine(tiny_loaded, tiny_pool_dir):
 )
 def test_a_hand_built_route_gets_the_same_checks_as_an_override(engine, adapters, weights, error):
     before = {k: v.clone() for k, v in engine.model.state_dict().items()}
-    route = Route(strategy="user", adapters=adapters, weights=weights)
+    try:
+        route = Route(strategy="user", adapters=adapters, weights=weights)
+    except InvalidInputError:  # refused as soon as it is built (Route checks its own weights)
+        assert error is InvalidInputError
+        return
     with pytest.raises(error):
         engine.generate(["Is this review positive?"], [route], max_new_tokens=3)
     with pytest.raises(error):
