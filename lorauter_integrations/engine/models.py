@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelLoadError
-from ..settings import cache_dir
+from ..settings import cache_dir, quiet_loading
 
 DEMO_MODEL = "demo"
 DEMO_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -82,8 +82,9 @@ def demo_model_dir() -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         gguf = demo_gguf_path()
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with quiet_loading():
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # A GGUF-loaded model carries a quantizer marker that forbids save_pretrained; the weights
         # are already de-quantised to fp32, so the marker is stale.
         model.hf_quantizer = None
@@ -135,8 +136,9 @@ def load_base_model(
         if marker.exists():
             base_id = marker.read_text().strip()
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        with quiet_loading():
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load model '{model}': {exc}") from exc
     lm.to(device)
