@@ -14,6 +14,7 @@ LangChain and LlamaIndex only translate their messages and responses to and from
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -358,8 +359,29 @@ def read_reply(plan: CallPlan, generation: Generation) -> Reply:
     if not plan.tool_names:
         return Reply(content=text, **common)
     parsed = parse_tool_calls(text, list(plan.tool_names), default_tool=plan.forced_tool)
-    return Reply(content=parsed.content, tool_calls=list(parsed.tool_calls),
-                 invalid_tool_calls=list(parsed.invalid_tool_calls), **common)
+    calls, invalid = list(parsed.tool_calls), list(parsed.invalid_tool_calls)
+    if calls and generation.finish_reason == "length" and _cut_inside_last_call(text):
+        # The lenient parser closed a call the token budget cut off: its arguments are not what
+        # the model meant to send, so it is reported as invalid, never returned as a call.
+        cut = calls.pop()
+        invalid.append({"name": cut["name"], "args": json.dumps(cut["args"]), "id": cut["id"],
+                        "error": "the token budget ended this call before it was complete: raise the token limit"})
+    return Reply(content=parsed.content, tool_calls=calls, invalid_tool_calls=invalid, **common)
+
+
+def _cut_inside_last_call(text: str) -> bool:
+    """True when the text ends inside an opened ``<tool_call>`` whose JSON is not complete."""
+    start = text.rfind("<tool_call>")
+    if start < 0:
+        return False
+    rest = text[start + len("<tool_call>"):]
+    if "</tool_call>" in rest:
+        return False
+    try:
+        json.loads(rest.strip())
+    except ValueError:
+        return True
+    return False
 
 
 def no_tool_call_message(text: str, *, truncated: bool, max_tokens_name: str) -> str:

@@ -83,8 +83,6 @@ def test_a_tool_call_cut_off_by_the_token_budget_says_so_and_what_to_raise(tiny_
         llm.get_tool_calls_from_response(response)
 
 
-@pytest.mark.xfail(strict=True, reason="known: when the budget ends inside the first argument value, the "
-                   "lenient parser closes the JSON and returns a call with a cut-off value (reported to the lead)")
 def test_a_call_whose_argument_value_was_cut_off_is_not_returned_as_a_valid_call(tiny_engine):
     def lookup_weather(city: str, unit: str = "celsius") -> str:
         """Look up the current weather of a city."""
