@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
+from ..errors import InvalidInputError
 from ..route import Route
+from .params import GenerationParams
 from .prompts import routing_text
 from .protocol import PromptLike
 
@@ -19,6 +21,7 @@ class EngineBase:
 
     routers: Any
     prompts: Any
+    context_window: int
 
     @property
     def strategy(self) -> str:
@@ -44,6 +47,33 @@ class EngineBase:
     def routing_text(self, prompt: PromptLike) -> str:
         """The text a prompt is routed on: the string itself, or a chat's last user message."""
         return routing_text(prompt)
+
+
+    def _prepare(self, prompts, routes, options: dict[str, Any]):
+        """Validate options and prompts, route those without a route, check caller-built routes
+        (errors before any work): ``(params, [(text, templated)], routes, prompt token budget)``."""
+        if isinstance(prompts, (str, dict)):
+            raise InvalidInputError("generate() takes a list of prompts; use [prompt] for one")
+        prompts = list(prompts)
+        if routes is not None and len(routes) != len(prompts):
+            raise InvalidInputError(f"{len(prompts)} prompts but {len(routes)} routes")
+        params = GenerationParams.of(**options)
+        rendered = [self.prompts.render(p) for p in prompts]  # refuse a malformed prompt before routing
+        routes = list(routes) if routes is not None else [None] * len(prompts)
+        todo = [i for i, r in enumerate(routes) if r is None]
+        if todo:
+            for i, r in zip(todo, self.route_many([routing_text(prompts[i]) for i in todo])):
+                routes[i] = r
+        budget = self.context_window - params.max_new_tokens
+        if budget < 1:
+            raise InvalidInputError(
+                f"max_new_tokens={params.max_new_tokens} leaves no room for the prompt in the "
+                f"{self.context_window}-token context: ask for fewer tokens"
+            )
+        for route in routes:
+            if route.adapters:  # a caller-built Route gets an override's checks (ids, sum 1)
+                self.route_from_override(route.adapters, route.weights)
+        return params, rendered, routes, budget
 
 
 __all__ = ["EngineBase"]

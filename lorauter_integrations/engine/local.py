@@ -22,14 +22,13 @@ import torch
 
 from ..adapters.pool import AdapterPool
 from ..compose import Activation, Composer, CompositionConfig
-from ..errors import EngineBusyError, InvalidInputError
+from ..errors import EngineBusyError
 from ..route import Route
 from ..routing import RouterSet
 from .base import EngineBase
 from .decoding import DecodeLoop, DecodeRequest, RowHandle
 from .models import DEMO_MODEL, LoadedModel, load_base_model
-from .params import GenerationParams
-from .prompts import PromptRenderer, routing_text
+from .prompts import PromptRenderer
 from .protocol import Generation, PromptLike, StreamChunk
 
 
@@ -265,28 +264,9 @@ class RoutedModel(EngineBase):
     # ------------------------------------------------------------------ internals
     def _requests(self, prompts, routes, options: dict[str, Any]) -> list[DecodeRequest]:
         """Validate, route and tokenize every prompt (errors before any decoding starts)."""
-        if isinstance(prompts, (str, dict)):
-            raise InvalidInputError("generate() takes a list of prompts; use [prompt] for one")
-        prompts = list(prompts)
-        if routes is not None and len(routes) != len(prompts):
-            raise InvalidInputError(f"{len(prompts)} prompts but {len(routes)} routes")
-        params = GenerationParams.of(**options)
-        rendered = [self.prompts.render(p) for p in prompts]  # refuse a malformed prompt before routing
-        routes = list(routes) if routes is not None else [None] * len(prompts)
-        todo = [i for i, r in enumerate(routes) if r is None]
-        if todo:
-            for i, r in zip(todo, self.route_many([routing_text(prompts[i]) for i in todo])):
-                routes[i] = r
-        budget = self.context_window - params.max_new_tokens
-        if budget < 1:
-            raise InvalidInputError(
-                f"max_new_tokens={params.max_new_tokens} leaves no room for the prompt in the "
-                f"{self.context_window}-token context: ask for fewer tokens"
-            )
+        params, rendered, routes, budget = self._prepare(prompts, routes, options)
         requests = []
         for (text, templated), route in zip(rendered, routes):
-            if route.adapters:  # a caller-built Route gets an override's checks (ids, NaN, sum 1)
-                self.route_from_override(route.adapters, route.weights)
             ids = self._tokenizer(text, add_special_tokens=not templated)["input_ids"]
             if len(ids) > budget:
                 ids = ids[-budget:]  # keep the end: the question and the generation prompt are there

@@ -57,7 +57,7 @@ from ..errors import (
 from ..route import Route
 from .base import EngineBase
 from .params import GenerationParams
-from .prompts import PromptRenderer, routing_text
+from .prompts import PromptRenderer
 from .protocol import Generation, PromptLike, StreamChunk
 
 
@@ -513,27 +513,10 @@ class VLLMEngine(EngineBase):
     # ------------------------------------------------------------------ requests
     def _requests(self, prompts, routes, options: dict[str, Any]) -> list[dict]:
         """Validate, route and render every prompt (errors before any request is sent)."""
-        if isinstance(prompts, (str, dict)):
-            raise InvalidInputError("generate() takes a list of prompts; use [prompt] for one")
+        params, rendered, routes, budget = self._prepare(prompts, routes, options)
         prompts = list(prompts)
-        if routes is not None and len(routes) != len(prompts):
-            raise InvalidInputError(f"{len(prompts)} prompts but {len(routes)} routes")
-        params = GenerationParams.of(**options)
-        rendered = [self.prompts.render(p) for p in prompts]
-        routes = list(routes) if routes is not None else [None] * len(prompts)
-        todo = [i for i, r in enumerate(routes) if r is None]
-        if todo:
-            for i, r in zip(todo, self.route_many([routing_text(prompts[i]) for i in todo])):
-                routes[i] = r
-        budget = self.context_window - params.max_new_tokens
-        if budget < 1:
-            raise InvalidInputError(
-                f"max_new_tokens={params.max_new_tokens} leaves no room for the prompt in the "
-                f"{self.context_window}-token context: ask for fewer tokens")
         out = []
         for prompt, (text, templated), route in zip(prompts, rendered, routes):
-            if route.adapters:
-                self.route_from_override(route.adapters, route.weights)
             ids = self.tokenizer(text, add_special_tokens=not templated)["input_ids"]
             request = {"route": route, "params": params, "n_prompt": len(ids)}
             # A chat goes to the chat endpoint (the server applies the same template); one with
