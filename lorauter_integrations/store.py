@@ -529,6 +529,7 @@ class TaskStore:
         lock_wait_s: float = 0.0,
     ):
         self._folder_lock: _FolderLock | None = None
+        self._owned_client: Any = None  # a client this store made from `path`: closed by close()
         timeout = _resolve_timeout(call_timeout_s)
         if isinstance(lock_wait_s, bool) or not isinstance(lock_wait_s, (int, float)) or not lock_wait_s >= 0:
             raise InvalidInputError(f"lock_wait_s must be a number of seconds >= 0, not {lock_wait_s!r}")
@@ -546,7 +547,7 @@ class TaskStore:
             self._folder, self._where = folder, f"'{name}' at {folder}"
             self._deadline = _Deadline(timeout, self._where)
             try:
-                self.client = self._deadline.call("opening the folder", make_client, folder)
+                self.client = self._owned_client = self._deadline.call("opening the folder", make_client, folder)
             except BaseException:
                 self.close()
                 raise
@@ -598,10 +599,17 @@ class TaskStore:
         self._registry_cache: dict[str, TaskRecord] | None = None
 
     def close(self) -> None:
-        """Release the store folder's lock (another process may then open it). Idempotent."""
-        lock, self._folder_lock = getattr(self, "_folder_lock", None), None
-        if lock is not None:
-            lock.release()
+        """Release the store: close the Chroma client it opened from ``path`` (its SQLite and index
+        files; a client passed in stays open) and the folder's lock (another process may then
+        open it). Idempotent; the store cannot be used afterwards."""
+        client, self._owned_client = getattr(self, "_owned_client", None), None
+        try:
+            if client is not None and hasattr(client, "close"):
+                client.close()
+        finally:
+            lock, self._folder_lock = getattr(self, "_folder_lock", None), None
+            if lock is not None:
+                lock.release()
 
     def __enter__(self) -> "TaskStore":
         return self

@@ -15,9 +15,24 @@ from lorauter_integrations.langchain import ChatLoRAuter
 _SMALL_MODEL = "SmolLM2-135M rarely produces this reliably"
 
 
+# A forced tool call (structured output) needs room for its arguments: cut off by the budget it is
+# an invalid call (calls.read_reply), so those tests get a larger budget than the rest.
+_LONG_ANSWERS = ("test_structured_output", "test_json_mode")
+_SHORT_BUDGET, _LONG_BUDGET = 24, 96
+
 _SKIPS = {
     # Measured failures (the rest of the tool and structured-output tests pass on the demo model):
     "test_agent_loop": _SMALL_MODEL + ": an unforced tool call for a weather question",
+}
+# Measured: for the cat-joke schema without field descriptions the model writes the punchline
+# "I'm a cat. I'm a cat. ..." until any budget ends it (24, 96 and 200 tokens tried), and a call cut
+# off by the budget is an invalid call (never a cut-off value), so the parsed result is None.
+_LOOPS = _SMALL_MODEL + ": greedy decoding repeats the punchline until the token budget cuts the call"
+_SKIPS_BY_ID = {
+    "test_structured_output[typeddict]": _LOOPS,
+    "test_structured_output_async[typeddict]": _LOOPS,
+    "test_structured_output_pydantic_2_v1": _LOOPS,
+    "test_structured_output_optional_param": _LOOPS,
 }
 
 
@@ -25,10 +40,12 @@ _SKIPS = {
 class TestChatLoRAuterIntegration(ChatModelIntegrationTests):
     @pytest.fixture(autouse=True)
     def _engine(self, request, demo_engine):
-        reason = _SKIPS.get(request.node.originalname)
+        reason = _SKIPS.get(request.node.originalname) or _SKIPS_BY_ID.get(request.node.name)
         if reason:
             pytest.skip(reason)
         self.engine = demo_engine
+        name = request.node.originalname
+        self.max_tokens = _LONG_BUDGET if name.startswith(_LONG_ANSWERS) else _SHORT_BUDGET
 
     @property
     def chat_model_class(self) -> type[ChatLoRAuter]:
@@ -36,7 +53,7 @@ class TestChatLoRAuterIntegration(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"engine": self.engine, "max_tokens": 24}
+        return {"engine": self.engine, "max_tokens": self.max_tokens}
 
     @property
     def has_tool_choice(self) -> bool:

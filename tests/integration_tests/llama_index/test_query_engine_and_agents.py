@@ -60,7 +60,9 @@ def test_streaming_query_engine_routes_on_the_question(index, llm, engine):
     assert [decision(r) for r in routes] == [decision(engine.route(QUESTION))]
 
 
-async def test_function_agent_calls_the_tool_and_every_step_is_routed(llm):
+async def test_function_agent_calls_the_tool_and_every_step_is_routed(engine):
+    # Room for the call's arguments: a call cut off by the budget is invalid, not a call.
+    llm = LoRAuterLLM(engine=engine, max_new_tokens=48)
     agent = FunctionAgent(
         tools=[FunctionTool.from_defaults(multiply)],
         llm=llm,

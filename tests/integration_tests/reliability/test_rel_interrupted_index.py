@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import selectors
 import signal
 import subprocess
 import time
@@ -22,10 +22,13 @@ def _kill_during_indexing(args: list[str], cache, timeout_s: float = 300) -> str
                             env=cli_env(cache))
     seen = b""
     deadline = time.monotonic() + timeout_s
+    # a selector (poll/epoll), not select.select: that refuses descriptors numbered above 1024,
+    # which a long test session can reach
+    watch = selectors.DefaultSelector()
+    watch.register(proc.stderr, selectors.EVENT_READ)
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            ready, _, _ = select.select([proc.stderr], [], [], 0.5)
-            if not ready:
+            if not watch.select(timeout=0.5):
                 continue
             seen += os.read(proc.stderr.fileno(), 65536)
             # tqdm redraws "indexing tasks:  10%|#  | 5/48" with carriage returns
@@ -35,6 +38,7 @@ def _kill_during_indexing(args: list[str], cache, timeout_s: float = 300) -> str
                 os.kill(proc.pid, signal.SIGKILL)
                 break
     finally:
+        watch.close()
         if proc.poll() is None and time.monotonic() >= deadline:
             proc.kill()
         proc.wait(timeout=30)

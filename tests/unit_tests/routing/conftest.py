@@ -24,4 +24,5 @@ def fresh_store(tmp_path, flan_tasks):
     """A store a test may change."""
     store = TaskStore(tmp_path / "store")
     store.index(flan_tasks[:4], progress=False)
-    return store
+    yield store
+    store.close()

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from lorauter_integrations.data import Example, TaskSet
 from lorauter_integrations.errors import EncoderMismatchError, InvalidInputError, StoreError, UnknownTaskError
 from lorauter_integrations.store import TaskStore
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
+def test_closing_a_store_releases_its_files(tmp_path, flan_tasks):
+    # Each embedded store held ~20 descriptors (SQLite, index segments) after close(): a long-lived
+    # process (or test session) opening stores one after another ran out of descriptors.
+    with TaskStore(tmp_path / "s0") as store:
+        store.index(flan_tasks[:2], progress=False)
+    before = _open_files()
+    for i in range(1, 11):
+        with TaskStore(tmp_path / f"s{i}") as store:
+            store.index(flan_tasks[:2], progress=False)
+            assert len(store) == 2
+    assert _open_files() - before <= 5
 
 
 def test_index_records_metadata_for_every_task(fresh_store, flan_tasks):
