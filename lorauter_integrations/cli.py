@@ -334,7 +334,10 @@ def map_adapters_cmd(
 @app.command("eval")
 def eval_cmd(
     test: Path = typer.Option(..., "--test", help="JSONL test queries (task, inputs, targets, domain, metric)."),
-    strategies: str = typer.Option("base,oracle,lorauter,retriever,examples,uniform", "--strategies"),
+    strategies: str = typer.Option(
+        "base,oracle,lorauter,retriever,examples,uniform", "--strategies",
+        help="Comma-separated strategies; a variant with its own router settings is written "
+             "NAME[key=value,...], e.g. 'lorauter[floor=0.21,below_floor=damped]'."),
     ood: bool = typer.Option(False, "--ood", help="Unseen tasks: the query's own adapter is unreachable."),
     both: bool = typer.Option(False, "--both", help="Evaluate ID and --ood in one run (shared generations)."),
     tasks_: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated tasks (default: those with an own adapter)."),
@@ -354,7 +357,7 @@ def eval_cmd(
     from .engine import RoutedModel
     from .lab.evaluation import e2e
 
-    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    names = e2e.split_strategies(strategies)
     if pool is None:
         engine = RoutedModel.demo(store_dir=store)
     else:

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidInputError
+
+
+#: Why a route fell back (`Route.fallback_reason`).
+FallbackReason = Literal["no_match", "no_adapter", "below_floor", "below_floor_damped", "base_requested"]
+
+
+def empty_reason(tasks: list[str], adapters: list[str]) -> FallbackReason | None:
+    """The fallback reason of a route that matched ``tasks`` and composes ``adapters``."""
+    if not tasks:
+        return "no_match"
+    if not adapters:
+        return "no_adapter"
+    return None
 
 
 class Route(BaseModel):
@@ -33,7 +46,16 @@ class Route(BaseModel):
         default_factory=list, description="Weight of each adapter; non-negative, sum 1."
     )
     fallback: bool = Field(
-        default=False, description="True when the base model is used (no task close enough)."
+        default=False,
+        description="True when the route fell back: the base model answers alone, or (below_floor_damped) "
+                    "a mixture at reduced strength whose weights sum to the damping, the rest being the base model.",
+    )
+    fallback_reason: FallbackReason | None = Field(
+        default=None,
+        description="Why the route fell back: 'no_match' (no indexed task to match), 'no_adapter' (the matched "
+                    "tasks have no adapter in the pool), 'below_floor' (the best task's similarity is under "
+                    "the floor: base model), 'below_floor_damped' (under the floor: damped mixture), "
+                    "'base_requested' (the base strategy, or an override naming no adapter).",
     )
     truncated: bool = Field(
         default=False, description="True when the routing text was cut to the model context."
@@ -70,6 +92,19 @@ class Route(BaseModel):
             raise ValueError(f"{len(self.adapters)} adapters but {len(self.weights)} weights: one weight per adapter")
         return self
 
+    @model_validator(mode="after")
+    def _reason_means_fallback(self) -> "Route":
+        if self.fallback_reason is not None and not self.fallback:
+            raise ValueError(f"fallback_reason={self.fallback_reason!r} on a route that did not fall back")
+        if self.fallback_reason == "below_floor_damped" and sum(self.weights) > 1.0 + 1e-4:
+            raise ValueError("a damped fallback's weights sum to its damping (at most 1)")
+        return self
+
+    @property
+    def is_damped(self) -> bool:
+        """True for a damped fallback: adapters at reduced strength (weights sum below 1)."""
+        return self.fallback_reason == "below_floor_damped" and bool(self.adapters)
+
     @property
     def is_base(self) -> bool:
         """True when no adapter is to be activated."""
@@ -82,3 +117,5 @@ class Route(BaseModel):
     def __repr_args__(self):  # keep reprs short in logs
         for name in ("strategy", "tasks", "adapters", "weights", "fallback"):
             yield name, getattr(self, name)
+        if self.fallback_reason:
+            yield "fallback_reason", self.fallback_reason

@@ -71,7 +71,10 @@ class EngineBase:
                 f"{self.context_window}-token context: ask for fewer tokens"
             )
         for route in routes:
-            if route.adapters:  # a caller-built Route gets an override's checks (ids, sum 1)
+            if route.is_damped:  # ids known; the weights sum to the damping (Route checked <= 1)
+                total = sum(route.weights)
+                self.route_from_override(route.adapters, [w / total for w in route.weights] if total else None)
+            elif route.adapters:  # a caller-built Route gets an override's checks (ids, sum 1)
                 self.route_from_override(route.adapters, route.weights)
         return params, rendered, routes, budget
 

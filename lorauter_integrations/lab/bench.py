@@ -439,7 +439,7 @@ def bench_generation(engine, prompt: str, adapters: Sequence[str], tokens: int, 
 
     from ..route import Route
 
-    base = Route(strategy="base", fallback=True)
+    base = Route(strategy="base", fallback=True, fallback_reason="base_requested")
     one = _mixture_route(adapters[:1], [1.0])
     mix = _mixture_route(adapters, [0.5, 0.3, 0.2])
 

@@ -11,7 +11,7 @@ import math
 from typing import TYPE_CHECKING, Mapping
 
 from .base import Router, Stopwatch, merge_by_adapter
-from ..route import Route
+from ..route import Route, empty_reason
 
 if TYPE_CHECKING:
     from ..store import TaskStore
@@ -59,4 +59,5 @@ class ExamplesRouter(Router):
         sw.lap("weights")
         timings = sw.result()
         return [Route(strategy=self.strategy, tasks=t, similarities=s, adapters=a, weights=w,
-                      fallback=not a, timings_ms=timings) for t, s, a, w in out]
+                      fallback=not a, fallback_reason=empty_reason(t, a), timings_ms=timings)
+                for t, s, a, w in out]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from ..errors import InvalidInputError
 from .base import Router, Stopwatch, merge_by_adapter, softmax
-from ..route import Route
+from ..route import Route, empty_reason
 
 if TYPE_CHECKING:
     from ..store import TaskStore
@@ -71,14 +71,16 @@ class LoRAuterRouter(Router):
             sims = [s for _, s in top]
             below = bool(top) and self.floor is not None and sims[0] < self.floor
             if not top or (below and self.below_floor == "base"):
-                adapters, weights, fallback = [], [], True
+                adapters, weights = [], []
+                reason = "below_floor" if below else "no_match"
             else:
                 adapters, weights = merge_by_adapter(tasks, softmax(sims, self.tau), self.task_to_adapter)
+                reason = empty_reason(tasks, adapters)
                 if below and adapters:  # damped: the mixture at reduced strength, the rest is the base model
                     weights = [w * self.damping for w in weights]
-                fallback = below or not adapters
-            routes.append((tasks, sims, adapters, weights, fallback))
+                    reason = "below_floor_damped"
+            routes.append((tasks, sims, adapters, weights, reason))
         sw.lap("weights")
         timings = sw.result()
         return [Route(strategy=self.strategy, tasks=t, similarities=s, adapters=a, weights=w,
-                      fallback=f, timings_ms=timings) for t, s, a, w, f in routes]
+                      fallback=r is not None, fallback_reason=r, timings_ms=timings) for t, s, a, w, r in routes]

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..encoders import l2_normalise
 from .base import Router, Stopwatch
-from ..route import Route
+from ..route import Route, empty_reason
 
 if TYPE_CHECKING:
     from ..store import TaskStore
@@ -80,4 +80,5 @@ class RetrieverRouter(Router):
         sw.lap("weights")
         timings = sw.result()
         return [Route(strategy=self.strategy, tasks=t, similarities=s, adapters=a,
-                      weights=[1.0 / len(a)] * len(a), fallback=not a, timings_ms=timings) for t, s, a in out]
+                      weights=[1.0 / len(a)] * len(a), fallback=not a, fallback_reason=empty_reason(t, a),
+                      timings_ms=timings) for t, s, a in out]

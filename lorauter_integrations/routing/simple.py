@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ..errors import InvalidInputError, UnknownAdapterError
 from .base import Router, merge_by_adapter
-from ..route import Route
+from ..route import Route, empty_reason
 
 if TYPE_CHECKING:
     from ..store import TaskStore
@@ -39,8 +39,8 @@ class UniformRouter(Router):
             self._index = (version, _adapters_of(self.store, self.task_to_adapter))
         adapters = self._index[1]
         w = [1.0 / len(adapters)] * len(adapters) if adapters else []
-        return [Route(strategy=self.strategy, adapters=list(adapters), weights=w,
-                      fallback=not adapters) for _ in texts]
+        return [Route(strategy=self.strategy, adapters=list(adapters), weights=w, fallback=not adapters,
+                      fallback_reason=None if adapters else "no_adapter") for _ in texts]
 
 
 class OracleRouter(Router):
@@ -58,7 +58,8 @@ class OracleRouter(Router):
                 raise InvalidInputError("the oracle strategy needs the query's task (known_task=...)")
             adapters, weights = merge_by_adapter([task], [1.0], self.task_to_adapter)
             routes.append(Route(strategy=self.strategy, tasks=[task], similarities=[1.0],
-                                adapters=adapters, weights=weights, fallback=not adapters))
+                                adapters=adapters, weights=weights, fallback=not adapters,
+                                fallback_reason=empty_reason([task], adapters)))
         return routes
 
 
@@ -71,7 +72,7 @@ class BaseModelRouter(Router):
         pass
 
     def _route_batch(self, texts, *, exclude, known):
-        return [Route(strategy=self.strategy, fallback=True) for _ in texts]
+        return [Route(strategy=self.strategy, fallback=True, fallback_reason="base_requested") for _ in texts]
 
 
 def override_route(
@@ -97,7 +98,7 @@ def override_route(
     if not adapters:
         if weights:
             raise InvalidInputError("weights were given without adapters")
-        return Route(strategy="override", fallback=True)
+        return Route(strategy="override", fallback=True, fallback_reason="base_requested")
     if len(set(adapters)) != len(adapters):
         raise InvalidInputError(f"adapter ids repeat in the override: {adapters}")
     if known_adapters is not None:

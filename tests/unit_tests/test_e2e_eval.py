@@ -131,3 +131,48 @@ def test_bootstrap_intervals_are_paired_and_bracket_the_task_mean():
     same, half = paired
     assert (same.diff, same.ci95, same.excludes_zero) == (0.0, (0.0, 0.0), False)
     assert half.diff > 0 and half.ci95[0] > 0 and half.excludes_zero
+
+
+def test_strategy_variants_parse_with_their_settings():
+    from lorauter_integrations.errors import InvalidInputError
+    from lorauter_integrations.lab.evaluation.e2e import default_pairs, parse_strategy, split_strategies
+
+    specs = split_strategies("base, lorauter,lorauter[floor=0.21,below_floor=damped] ,lorauter[k=1]")
+    assert specs == ["base", "lorauter", "lorauter[floor=0.21,below_floor=damped]", "lorauter[k=1]"]
+    assert parse_strategy(specs[2]) == ("lorauter", {"floor": 0.21, "below_floor": "damped"})
+    assert parse_strategy(specs[3]) == ("lorauter", {"k": 1})
+    assert ("lorauter[k=1]", "lorauter") in default_pairs(specs)
+    for bad in ("lorauter[floor]", "lorauter[floor=0.2", "two words"):
+        with pytest.raises(InvalidInputError):
+            parse_strategy(bad)
+
+
+def test_a_floor_variant_falls_back_beside_the_plain_strategy(tiny_engine):
+    # Queries of the tiny store's own tasks; a floor above any cosine sends every query to the base
+    # model, so the variant scores exactly as base, while plain lorauter routes them.
+    from lc_support import TASKS
+
+    queries = [Example(task=t, domain="d", metric="em", inputs=text, targets="x")
+               for t, texts in TASKS.items() for text in texts[:2]]
+    strategies = ["base", "lorauter", "lorauter[floor=1.01]", "lorauter[floor=1.01,below_floor=damped,damping=0.25]"]
+    report = evaluate_e2e(tiny_engine, queries, strategies=strategies, tasks=sorted(TASKS), limit_per_task=None,
+                          max_new_tokens=BUDGET, progress=False, bootstrap=0)
+    [res] = report.results
+    assert res.fallback_rate["lorauter"] == 0.0
+    assert res.fallback_rate["lorauter[floor=1.01]"] == 1.0
+    assert res.fallback_rate[strategies[3]] == 1.0
+    samples = {(s["strategy"], s["task"], i % 2): s for i, s in enumerate(res.samples)}
+    assert all(s["adapters"] == {} for s in res.samples if s["strategy"] == "lorauter[floor=1.01]")
+    damped = [s for s in res.samples if s["strategy"] == strategies[3]]
+    assert damped and all(abs(sum(s["adapters"].values()) - 0.25) < 1e-2 for s in damped)
+    base = [s["answer"] for s in res.samples if s["strategy"] == "base"]
+    assert [s["answer"] for s in res.samples if s["strategy"] == "lorauter[floor=1.01]"] == base
+    assert samples  # every sample carries its strategy label
+
+
+def test_dropping_an_own_adapter_keeps_a_damped_route_damped():
+    from lorauter_integrations.lab.evaluation.e2e import _drop_adapters
+
+    damped = Route(strategy="lorauter", adapters=["a", "b"], weights=[0.3, 0.2], fallback=True)
+    kept = _drop_adapters(damped, frozenset({"a"}))
+    assert kept.adapters == ["b"] and kept.weights == pytest.approx([0.5])

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
@@ -70,7 +71,7 @@ class E2EResult(BaseModel):
     paired: list[PairedDiff] = Field(
         default_factory=list, description="Paired differences of means (same resampled queries for both).")
     fallback_rate: dict[str, float] = Field(
-        default_factory=dict, description="Strategy -> share of queries routed to the base model (fallback).")
+        default_factory=dict, description="Strategy -> share of queries that fell back (base model, or a damped mixture).")
     samples: list[dict] = Field(default_factory=list, description="Per query: task, strategy, answer, score, adapters.")
 
 
@@ -105,30 +106,65 @@ def select_queries(
 
 
 def _drop_adapters(route: Route, banned: frozenset[str]) -> Route:
-    """``route`` without the banned adapters (weights renormalised; empty -> base model)."""
+    """``route`` without the banned adapters (the rest rescaled to the route's total weight, which
+    is 1 or, for a damped fallback, the damping; empty -> base model)."""
     keep = [(a, w) for a, w in zip(route.adapters, route.weights) if a not in banned]
     if len(keep) == len(route.adapters):
         return route
     total = sum(w for _, w in keep)
     if not keep or total <= 0:
-        return route.model_copy(update={"adapters": [], "weights": [], "fallback": True})
-    return route.model_copy(update={"adapters": [a for a, _ in keep], "weights": [w / total for _, w in keep]})
+        return route.model_copy(update={"adapters": [], "weights": [], "fallback": True, "fallback_reason": "no_adapter"})
+    scale = sum(route.weights) / total
+    return route.model_copy(update={"adapters": [a for a, _ in keep], "weights": [w * scale for _, w in keep]})
+
+
+_VARIANT = re.compile(r"^([\w-]+)(?:\[(.*)\])?$")
+
+
+def parse_strategy(spec: str) -> tuple[str, dict[str, float | int | str]]:
+    """``"lorauter[floor=0.21,below_floor=damped]"`` -> ``("lorauter", {"floor": 0.21, ...})``:
+    a strategy with router settings of its own (a variant evaluated beside the plain strategy)."""
+    match = _VARIANT.match(spec.strip())
+    if not match:
+        raise InvalidInputError(f"strategy {spec!r}: write NAME or NAME[key=value,...]")
+    name, body = match.group(1), match.group(2)
+    settings: dict[str, float | int | str] = {}
+    for part in filter(None, (p.strip() for p in (body or "").split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInputError(f"strategy {spec!r}: settings are key=value pairs, got {part!r}")
+        try:
+            settings[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            settings[key.strip()] = value.strip()
+    return name, settings
+
+
+def split_strategies(text: str) -> list[str]:
+    """Comma-separated strategies; commas inside ``[...]`` belong to a variant's settings."""
+    return [s.strip() for s in re.split(r",(?![^\[]*\])", text) if s.strip()]
 
 
 def _routes(engine, strategy: str, queries: Sequence[Example], ood: bool, task_to_adapter: dict[str, str]) -> list[Route]:
     from ...routing import build_router
 
-    if strategy == "oracle":
+    name, settings = parse_strategy(strategy)
+    if name == "oracle":
         oracle = build_router("oracle", None, task_to_adapter)
         return [oracle.route(q.inputs, known_task=q.task) for q in queries]
+    if settings:  # a variant: the engine's router settings with these on top
+        router = build_router(name, engine.routers.store, task_to_adapter, **{**engine.routers.config, **settings})
+        route_one = lambda text, **kw: router.route(text, **kw)  # noqa: E731
+    else:
+        route_one = lambda text, **kw: engine.route(text, strategy=name, **kw)  # noqa: E731
     routes = []
     for q in queries:
         if not ood:
-            routes.append(engine.route(q.inputs, strategy=strategy))
+            routes.append(route_one(q.inputs))
             continue
         own = task_to_adapter.get(q.task)
         siblings = {t for t, a in task_to_adapter.items() if own is not None and a == own}
-        route = engine.route(q.inputs, strategy=strategy, exclude_tasks=siblings | {q.task})
+        route = route_one(q.inputs, exclude_tasks=siblings | {q.task})
         routes.append(_drop_adapters(route, frozenset({own} if own else ())))
     return routes
 
@@ -163,6 +199,8 @@ def evaluate_e2e(
     if tasks is None:
         own = {t for t, a in task_to_adapter.items() if t == a}
         tasks = sorted(own or task_to_adapter)
+    for spec in strategies:
+        parse_strategy(spec)  # a malformed variant is refused before any work
     queries = select_queries(examples, tasks, limit_per_task)
     budgets = {m: (max_new_tokens or {}).get(m, max_new_tokens_for(m)) for m in ("em", "bleu", "rouge")}
     start = time.perf_counter()
@@ -235,7 +273,8 @@ def evaluate_e2e(
             res.ci95, res.paired = bootstrap_intervals(items, {t: meta[t].metric for t in items}, list(strategies),
                                                        pairs if pairs is not None else default_pairs(strategies),
                                                        resamples=bootstrap)
-        res.fallback_rate = {s: round(sum(r.is_base for r in plans[(ood, s)]) / len(queries), 4) for s in strategies}
+        res.fallback_rate = {s: round(sum(r.is_base or r.fallback for r in plans[(ood, s)]) / len(queries), 4)
+                             for s in strategies}
         results.append(res)
     return E2EReport(
         test_file=str(test) if isinstance(test, (str, Path)) else "<examples>",
@@ -248,10 +287,16 @@ def evaluate_e2e(
 
 
 def default_pairs(strategies: Sequence[str]) -> list[tuple[str, str]]:
-    """lorauter minus oracle, retriever, uniform and base (those of ``strategies``)."""
+    """lorauter minus oracle, retriever, uniform and base (those of ``strategies``), and each
+    variant ``NAME[...]`` minus its plain ``NAME``."""
     if "lorauter" not in strategies:
         return []
-    return [("lorauter", b) for b in ("oracle", "retriever", "uniform", "base") if b in strategies]
+    pairs = [("lorauter", b) for b in ("oracle", "retriever", "uniform", "base") if b in strategies]
+    for spec in strategies:
+        name, settings = parse_strategy(spec)
+        if settings and name in strategies:
+            pairs.append((spec, name))
+    return pairs
 
 
 def _item_stats(metric: str, pairs: Sequence[tuple[str, str]]):

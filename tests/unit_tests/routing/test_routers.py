@@ -11,6 +11,7 @@ from lorauter_integrations.routing import (
     STRATEGIES, LoRAuterRouter, build_router, merge_by_adapter, override_route, softmax,
 )
 from lorauter_integrations.routing.examples import nucleus
+from lorauter_integrations.route import Route
 
 QUERIES = [
     "Review: the film was a joyless slog.\nIs this movie review sentence negative or positive?",
@@ -76,14 +77,28 @@ def test_merge_by_adapter_adds_shared_weights_and_renormalises_over_mapped_tasks
 def test_similarity_floor_falls_back_to_the_base_model(shared_store):
     r = LoRAuterRouter(shared_store, floor=1.01).route(QUERIES[0])
     assert r.fallback and r.adapters == [] and r.weights == [] and r.tasks  # tasks still shown
+    assert r.fallback_reason == "below_floor"
     r = LoRAuterRouter(shared_store, floor=-1.0).route(QUERIES[0])
-    assert not r.fallback and r.adapters
+    assert not r.fallback and r.adapters and r.fallback_reason is None
+
+
+def test_a_route_says_why_it_fell_back(shared_store):
+    from lorauter_integrations.routing import BaseModelRouter, override_route
+
+    tasks = shared_store.domains()
+    assert LoRAuterRouter(shared_store).route(QUERIES[0], exclude_tasks=set(tasks)).fallback_reason == "no_match"
+    assert LoRAuterRouter(shared_store, task_to_adapter={}).route(QUERIES[0]).fallback_reason == "no_adapter"
+    assert BaseModelRouter().route(QUERIES[0]).fallback_reason == "base_requested"
+    assert override_route([]).fallback_reason == "base_requested"
+    with pytest.raises(InvalidInputError):  # a reason on a route that did not fall back
+        Route(strategy="x", adapters=["a"], weights=[1.0], fallback_reason="below_floor")
 
 
 def test_below_the_floor_a_damped_router_keeps_the_mixture_at_reduced_strength(shared_store):
     full = LoRAuterRouter(shared_store).route(QUERIES[0])
     damped = LoRAuterRouter(shared_store, floor=1.01, below_floor="damped", damping=0.25).route(QUERIES[0])
     assert damped.fallback and damped.adapters == full.adapters
+    assert damped.fallback_reason == "below_floor_damped" and damped.is_damped
     assert damped.weights == pytest.approx([0.25 * w for w in full.weights])
     above = LoRAuterRouter(shared_store, floor=-1.0, below_floor="damped", damping=0.25).route(QUERIES[0])
     assert not above.fallback and above.weights == pytest.approx(full.weights)
