@@ -176,3 +176,20 @@ def test_dropping_an_own_adapter_keeps_a_damped_route_damped():
     damped = Route(strategy="lorauter", adapters=["a", "b"], weights=[0.3, 0.2], fallback=True)
     kept = _drop_adapters(damped, frozenset({"a"}))
     assert kept.adapters == ["b"] and kept.weights == pytest.approx([0.5])
+
+
+def test_an_answerer_without_routes_is_scored_and_paired_like_a_strategy(engine, queries):
+    # An answerer that returns each query's reference scores 100, like the oracle here.
+    def references(qs, ood, budgets):
+        assert set(budgets) == {"em", "bleu", "rouge"}
+        return [q.targets for q in qs]
+
+    report = evaluate_e2e(engine, queries, strategies=["base", "oracle"], tasks=["task_b", "task_c"],
+                          limit_per_task=2, max_new_tokens=BUDGET, progress=False, bootstrap=50,
+                          answerers={"echo": references}, pairs=[("echo", "base")])
+    [res] = report.results
+    assert res.mean["echo"] == 100.0 and res.strategies == ["base", "oracle", "echo"]
+    assert res.paired[0].a == "echo" and res.paired[0].diff == pytest.approx(100.0 - res.mean["base"], abs=0.01)
+    with pytest.raises(Exception, match="gave 1 answers"):
+        evaluate_e2e(engine, queries, strategies=["base"], tasks=["task_b"], limit_per_task=2,
+                     max_new_tokens=BUDGET, progress=False, answerers={"short": lambda qs, ood, b: ["x"]})

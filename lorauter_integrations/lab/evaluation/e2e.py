@@ -24,7 +24,7 @@ import os
 import re
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -36,6 +36,8 @@ from ...route import Route
 from .metrics import max_new_tokens_for, score, task_score
 
 DEFAULT_STRATEGIES = ("base", "oracle", "lorauter", "retriever", "examples", "uniform")
+#: An answerer: (queries, ood, max new tokens per metric) -> one answer per query.
+Answerer = Callable[[Sequence[Example], bool, dict[str, int]], Sequence[str]]
 _MODE_FREE = ("base", "oracle")  # strategies whose routes do not depend on the ood flag
 
 
@@ -183,6 +185,7 @@ def evaluate_e2e(
     cache: str | Path | None = None,
     bootstrap: int = 1000,
     pairs: Sequence[tuple[str, str]] | None = None,
+    answerers: Mapping[str, Answerer] | None = None,
 ) -> E2EReport:
     """Generate and score every selected test query under every strategy and mode.
 
@@ -193,14 +196,21 @@ def evaluate_e2e(
     ``bootstrap``: resamples for the 95% intervals (queries resampled with replacement inside each
     task, every strategy on the same resamples; 0: none). ``pairs``: (a, b) strategy pairs whose
     paired difference is reported (default: lorauter minus oracle, retriever, uniform, base).
+    ``answerers``: extra strategies that answer by other means than a `Route` on this engine (e.g.
+    PEFT's Arrow, which routes per token inside the model): name -> ``fn(queries, ood, budgets)``
+    returning one answer per query; scored, bootstrapped and paired like the others.
     """
     examples = read_jsonl(test) if isinstance(test, (str, Path)) else list(test)
     task_to_adapter = dict(engine.pool.task_to_adapter)
     if tasks is None:
         own = {t for t, a in task_to_adapter.items() if t == a}
         tasks = sorted(own or task_to_adapter)
+    answerers = dict(answerers or {})
     for spec in strategies:
         parse_strategy(spec)  # a malformed variant is refused before any work
+    clash = sorted(set(answerers) & set(strategies))
+    if clash:
+        raise InvalidInputError(f"{clash} named both as a strategy and as an answerer")
     queries = select_queries(examples, tasks, limit_per_task)
     budgets = {m: (max_new_tokens or {}).get(m, max_new_tokens_for(m)) for m in ("em", "bleu", "rouge")}
     start = time.perf_counter()
@@ -243,21 +253,29 @@ def evaluate_e2e(
             stored.save()
             bar.update(len(chunk))
     bar.close()
+    external = {(ood, name): list(fn(queries, ood, budgets)) for ood in ood_modes for name, fn in answerers.items()}
+    for (ood, name), got in external.items():
+        if len(got) != len(queries):
+            raise InvalidInputError(f"answerer {name!r} gave {len(got)} answers for {len(queries)} queries")
+    scored = list(strategies) + list(answerers)
 
     # 3. Scores.
     results = []
     for ood in ood_modes:
         per_task: dict[str, dict[str, list[tuple[str, str]]]] = defaultdict(lambda: defaultdict(list))
         samples = []
-        for strategy in strategies:
-            for qi, route in enumerate(plans[(ood, strategy)]):
-                q = queries[qi]
-                answer = answers[(qi, route.key())]
+        for strategy in scored:
+            for qi, q in enumerate(queries):
+                if strategy in answerers:
+                    answer, adapters = external[(ood, strategy)][qi], {}
+                else:
+                    route = plans[(ood, strategy)][qi]
+                    answer = answers[(qi, route.key())]
+                    adapters = dict(zip(route.adapters, [round(w, 3) for w in route.weights]))
                 per_task[q.task][strategy].append((answer, q.targets))
                 if keep_samples:
                     samples.append({"task": q.task, "strategy": strategy, "answer": answer,
-                                    "score": round(score(q.metric, answer, q.targets), 2),
-                                    "adapters": dict(zip(route.adapters, [round(w, 3) for w in route.weights]))})
+                                    "score": round(score(q.metric, answer, q.targets), 2), "adapters": adapters})
         meta = {q.task: q for q in queries}
         task_results = []
         for task, by_strategy in per_task.items():
@@ -267,11 +285,11 @@ def evaluate_e2e(
                 scores={s: round(task_score(q.metric, [a for a, _ in pairs], [r for _, r in pairs]), 2)
                         for s, pairs in by_strategy.items()},
             ))
-        res = _summarise(ood, list(strategies), task_results, samples)
+        res = _summarise(ood, scored, task_results, samples)
         if bootstrap:
             items = {t: {s: pairs_ for s, pairs_ in by_s.items()} for t, by_s in per_task.items()}
-            res.ci95, res.paired = bootstrap_intervals(items, {t: meta[t].metric for t in items}, list(strategies),
-                                                       pairs if pairs is not None else default_pairs(strategies),
+            res.ci95, res.paired = bootstrap_intervals(items, {t: meta[t].metric for t in items}, scored,
+                                                       pairs if pairs is not None else default_pairs(scored),
                                                        resamples=bootstrap)
         res.fallback_rate = {s: round(sum(r.is_base or r.fallback for r in plans[(ood, s)]) / len(queries), 4)
                              for s in strategies}
@@ -287,11 +305,11 @@ def evaluate_e2e(
 
 
 def default_pairs(strategies: Sequence[str]) -> list[tuple[str, str]]:
-    """lorauter minus oracle, retriever, uniform and base (those of ``strategies``), and each
+    """lorauter minus oracle, retriever, uniform, arrow and base (those of ``strategies``), and each
     variant ``NAME[...]`` minus its plain ``NAME``."""
     if "lorauter" not in strategies:
         return []
-    pairs = [("lorauter", b) for b in ("oracle", "retriever", "uniform", "base") if b in strategies]
+    pairs = [("lorauter", b) for b in ("oracle", "retriever", "uniform", "arrow", "base") if b in strategies]
     for spec in strategies:
         name, settings = parse_strategy(spec)
         if settings and name in strategies:
