@@ -1,9 +1,10 @@
 """Task -> adapter mapping by validation score, with successive halving.
 
 LoRAuter routes queries to *tasks*; each task then needs one adapter. When a pool is large or
-unlabelled, the adapter of a task is the one that fits that task's validation set best. Fit is
-the mean teacher-forced log-likelihood of the reference answers (per answer token, averaged over
-examples) with the candidate adapter active: one forward pass per example, no generation.
+unlabelled, the adapter of a task is the one that fits that task's validation set best. By
+default fit is the mean teacher-forced log-likelihood of the reference answers (per answer token,
+averaged over examples) with the candidate adapter active: one forward pass per example, no
+generation (the ``"metric"`` criterion below generates for the final rounds).
 
 Scoring every adapter on every example costs ``adapters x examples`` passes per task; successive
 halving (Jamieson & Talwalkar, 2016; Li et al., Hyperband, 2017) scores all candidates on a few
@@ -11,6 +12,21 @@ examples, keeps the best half, doubles the examples and repeats, so the cost per
 ``2 x adapters x start_examples`` passes plus a few rounds over a handful of survivors. Scores
 of an (adapter, example) pair are computed once and reused by later rounds. Ties go to the
 task's own adapter (the one trained on it), then to the adapter id, so results are deterministic.
+
+Two criteria (``HalvingConfig.criterion``):
+
+- ``"likelihood"`` (the default): the target likelihood above. Cheap, but it rewards the adapter
+  whose *answer format* fits (a yes/no adapter for a yes/no task) more than the one that answers
+  correctly: mnli_matched went to piqa, trivia_qa to sentiment140 (results/mapping.md).
+- ``"metric"``: what the task measures. The rounds from ``metric_from_round`` on rank candidates
+  by the task's own metric (``Example.metric``: EM, BLEU or ROUGE-L, as the evaluation scores
+  them) on greedy answers generated with the candidate active; earlier rounds still prune by
+  likelihood, where most candidates are and a forward pass is all a pair costs. Equal metric
+  scores (frequent with EM on a few examples) go to the better likelihood, then as above.
+
+Target likelihood *relative to the base model* is not a third criterion: the base model's
+likelihood of a task's targets is the same number for every candidate, so subtracting it
+changes the scores, never the ranking among adapters.
 
 >>> from lorauter_integrations.lab.mapping import map_adapters
 >>> result = map_adapters("data/flan/validation.jsonl", "lorauter_integrations/_adapters/flan")  # doctest: +SKIP
@@ -24,6 +40,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
@@ -36,6 +53,11 @@ from .training import _collate, answer_nll, encode_example, read_manifest, write
 # A score function gets one candidate and example indices and returns one score per index
 # (higher is better).
 ScoreFn = Callable[[str, Sequence[int]], Sequence[float]]
+# An answer function gets one candidate and example indices and returns its greedy answer to each.
+AnswerFn = Callable[[str, Sequence[int]], Sequence[str]]
+# A metric function gets the answers to examples ``0..n-1`` (in order) and returns the task's score
+# of them (higher is better).
+MetricFn = Callable[[Sequence[str]], float]
 
 
 class HalvingConfig(BaseModel):
@@ -50,15 +72,63 @@ class HalvingConfig(BaseModel):
     keep: float = Field(default=0.5, gt=0.0, lt=1.0, description="Fraction of candidates kept per round.")
     batch_size: int = Field(default=8, ge=1, description="Sequences per forward pass.")
     max_length: int = Field(default=256, ge=16, description="Tokens per example (prompt start cut first).")
+    criterion: Literal["likelihood", "metric"] = Field(
+        default="likelihood",
+        description="How candidates are ranked: mean target log-likelihood per answer token, or the task's "
+                    "metric on greedy answers (from round `metric_from_round` on; ties by likelihood).",
+    )
+    metric_from_round: int = Field(
+        default=1,
+        description="With criterion 'metric', the first round ranked by the metric (0-based; negative counts "
+                    "from the last round: -1 = the last round only). Earlier rounds prune by likelihood.",
+    )
+    max_new_tokens: int | None = Field(
+        default=None, ge=1,
+        description="Generation budget of a metric answer (None: the task metric's evaluation budget).",
+    )
+
+
+def halving_schedule(n_candidates: int, n_examples: int, config: HalvingConfig) -> list[tuple[int, int]]:
+    """``(candidates, examples)`` of every round of `successive_halving`: the schedule depends on
+    the counts only, so the rounds ranked by the metric are known before any scoring."""
+    limit = min(n_examples, config.max_examples or n_examples)
+    alive, n = n_candidates, min(config.start_examples, limit)
+    rounds = [(alive, n)]
+    while alive > 1 and n < limit:
+        alive, n = max(1, math.ceil(alive * config.keep)), min(n * 2, limit)
+        rounds.append((alive, n))
+    return rounds
+
+
+def metric_rounds(n_rounds: int, config: HalvingConfig) -> list[bool]:
+    """Which of ``n_rounds`` rounds rank by the metric (none under the likelihood criterion)."""
+    if config.criterion != "metric":
+        return [False] * n_rounds
+    first = config.metric_from_round if config.metric_from_round >= 0 else n_rounds + config.metric_from_round
+    return [r >= max(0, first) for r in range(n_rounds)]
+
+
+class Standing(BaseModel):
+    """One candidate of a round: its likelihood, and its metric when the round ranked by it."""
+
+    adapter: str
+    likelihood: float = Field(description="Mean log-probability per answer token, averaged over the round's examples.")
+    metric: float | None = Field(default=None, description="The task's metric (0-100) on its greedy answers, "
+                                                          "when the round ranked by the metric.")
 
 
 class HalvingResult(BaseModel):
     """The winner of one task and how it was found."""
 
     winner: str
-    score: float = Field(description="Winner's mean score over the examples of the last round.")
+    score: float = Field(description="Winner's mean likelihood score over the examples of the last round.")
+    metric_score: float | None = Field(
+        default=None, description="Winner's task metric over the examples of the last round (criterion 'metric').")
     rounds: list[tuple[int, int]] = Field(description="(candidates, examples) of every round.")
+    round_criteria: list[str] = Field(default_factory=list, description="'likelihood' or 'metric' per round.")
     evaluations: int = Field(description="(adapter, example) pairs scored; exhaustive = adapters x examples.")
+    generations: int = Field(default=0, description="(adapter, example) greedy answers generated for the metric.")
+    standings: list[Standing] = Field(default_factory=list, description="The last round's candidates, best first.")
 
 
 class TaskMapping(BaseModel):
@@ -68,8 +138,13 @@ class TaskMapping(BaseModel):
     adapter: str
     score: float
     own_adapter: str | None = None
+    metric: str | None = Field(default=None, description="The task's metric, when it ranked candidates.")
+    metric_score: float | None = None
     evaluations: int = 0
+    generations: int = 0
     rounds: list[tuple[int, int]] = Field(default_factory=list)
+    round_criteria: list[str] = Field(default_factory=list)
+    standings: list[Standing] = Field(default_factory=list)
 
 
 class MappingResult(BaseModel):
@@ -79,6 +154,8 @@ class MappingResult(BaseModel):
     tasks: list[TaskMapping]
     evaluations: int
     exhaustive_evaluations: int
+    generations: int = 0
+    criterion: str = "likelihood"
     seconds: float
 
 
@@ -89,49 +166,70 @@ def successive_halving(
     config: HalvingConfig = HalvingConfig(),
     *,
     preferred: str | None = None,
+    answer: AnswerFn | None = None,
+    metric: MetricFn | None = None,
 ) -> HalvingResult:
-    """Find the candidate with the best mean score over examples ``0..n`` by successive halving.
+    """Find the best candidate over examples ``0..n`` by successive halving.
 
-    ``preferred`` (the task's own adapter) wins ties and is ranked first among equals at every
-    cut. With ``start_examples >= max_examples`` this is exhaustive scoring.
+    Every round scores the surviving candidates by likelihood (``score``: per-example values,
+    averaged). Under ``config.criterion == "metric"`` the rounds from ``metric_from_round`` on
+    rank by ``metric`` of the candidate's ``answer``s to the round's examples instead, the
+    likelihood breaking ties. ``preferred`` (the task's own adapter) wins remaining ties and is
+    ranked first among equals at every cut. With ``start_examples >= max_examples`` this is
+    exhaustive scoring. Per-example likelihoods and answers are computed once and reused.
     """
     if not candidates:
         raise InvalidInputError("no candidate adapters to choose from")
     if n_examples < 1:
         raise InvalidInputError("a task needs at least one example to be scored")
-    limit = min(n_examples, config.max_examples or n_examples)
+    if config.criterion == "metric" and (answer is None or metric is None):
+        raise InvalidInputError("the 'metric' criterion needs an answer function and a metric function")
     cache: dict[tuple[str, int], float] = {}
+    answers: dict[tuple[str, int], str] = {}
     alive = list(dict.fromkeys(candidates))
-    n = min(config.start_examples, limit)
-    rounds: list[tuple[int, int]] = []
+    schedule = halving_schedule(len(alive), n_examples, config)
+    by_metric = metric_rounds(len(schedule), config)
 
-    def ranked(names: list[str], upto: int) -> list[tuple[float, str]]:
-        means = []
-        for name in names:
-            missing = [i for i in range(upto) if (name, i) not in cache]
-            if missing:
-                for i, s in zip(missing, score(name, missing)):
-                    cache[(name, i)] = float(s)
-            means.append((sum(cache[(name, i)] for i in range(upto)) / upto, name))
-        # Best mean first; on a tie the preferred adapter, then the smaller id.
-        return sorted(means, key=lambda m: (-m[0], m[1] != preferred, m[1]))
+    def likelihood(name: str, upto: int) -> float:
+        missing = [i for i in range(upto) if (name, i) not in cache]
+        if missing:
+            for i, s in zip(missing, score(name, missing)):
+                cache[(name, i)] = float(s)
+        return sum(cache[(name, i)] for i in range(upto)) / upto
 
-    while True:
-        rounds.append((len(alive), n))
-        order = ranked(alive, n)
-        if len(alive) == 1 or n >= limit:
-            best_score, winner = order[0]
-            break
-        alive = [name for _, name in order[: max(1, math.ceil(len(alive) * config.keep))]]
-        n = min(n * 2, limit)
-    return HalvingResult(winner=winner, score=best_score, rounds=rounds, evaluations=len(cache))
+    def task_metric(name: str, upto: int) -> float:
+        missing = [i for i in range(upto) if (name, i) not in answers]
+        if missing:
+            for i, a in zip(missing, answer(name, missing)):  # type: ignore[misc]
+                answers[(name, i)] = a
+        return float(metric([answers[(name, i)] for i in range(upto)]))  # type: ignore[misc]
+
+    def ranked(names: list[str], upto: int, use_metric: bool) -> list[Standing]:
+        rows = [Standing(adapter=name, likelihood=likelihood(name, upto),
+                         metric=task_metric(name, upto) if use_metric else None) for name in names]
+        # Best metric (when used), then best likelihood; on a tie the preferred adapter, then the
+        # smaller id.
+        return sorted(rows, key=lambda r: (-(r.metric or 0.0), -r.likelihood, r.adapter != preferred, r.adapter))
+
+    for r, (_, n) in enumerate(schedule):
+        order = ranked(alive, n, by_metric[r])
+        if r + 1 < len(schedule):
+            alive = [row.adapter for row in order[: schedule[r + 1][0]]]
+    best = order[0]
+    return HalvingResult(winner=best.adapter, score=best.likelihood, metric_score=best.metric, rounds=schedule,
+                         round_criteria=["metric" if m else "likelihood" for m in by_metric],
+                         evaluations=len(cache), generations=len(answers), standings=order)
 
 
 class AdapterScorer:
-    """Scores adapters of a pool on examples: mean log-likelihood of the answer tokens.
+    """Scores adapters of a pool on examples: mean log-likelihood of the answer tokens, and
+    greedy answers for the task metric.
 
-    Each adapter is folded into the base weights for its batch of examples (the composer's
-    merged path, restored bit-exactly afterwards), so a scoring pass runs at base-model speed.
+    For likelihood, each adapter is folded into the base weights for its batch of examples (the
+    composer's merged path, restored bit-exactly afterwards), so a scoring pass runs at base-model
+    speed. Answers come from a `RoutedModel` over the same model and pool (built on first use),
+    with the adapter as an override route and temperature 0: the prompts, chat template, stop
+    tokens and budget of ``lorauter eval``, so the metric scores the answers evaluation would see.
     """
 
     def __init__(self, loaded: LoadedModel, pool, config: HalvingConfig = HalvingConfig()):
@@ -141,6 +239,32 @@ class AdapterScorer:
         self.pool = pool.bind(loaded.model, loaded.base_model_id)
         self.config = config
         self.composer = Composer(loaded.model, self.pool, max_cached=1)
+        self._engine = None
+
+    @property
+    def engine(self):
+        """The `RoutedModel` that generates answers (built on first use; it restores the model's
+        weights before `generate` returns, so likelihood passes and generation can alternate)."""
+        if self._engine is None:
+            from ..engine.local import RoutedModel
+
+            self._engine = RoutedModel(self.loaded, pool=self.pool, max_resident_compositions=1,
+                                       max_batch_size=self.config.batch_size)
+        return self._engine
+
+    def answers(self, adapter_id: str, examples: Sequence[Example], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers to ``examples`` with ``adapter_id`` active (budget: ``max_new_tokens``,
+        else ``config.max_new_tokens``, else the evaluation budget of the examples' metric)."""
+        from .evaluation.metrics import max_new_tokens_for
+
+        if not examples:
+            return []
+        metrics = {e.metric for e in examples}
+        budget = max_new_tokens or self.config.max_new_tokens or max(max_new_tokens_for(m) for m in metrics)
+        route = self.engine.route_from_override([adapter_id])
+        out = self.engine.generate([e.inputs for e in examples], [route] * len(examples),
+                                   max_new_tokens=budget, temperature=0.0)
+        return [g.text for g in out]
 
     def encode(self, examples: Sequence[Example]) -> list[tuple[list[int], list[int]]]:
         missing = [e for e in examples if e.targets is None]
@@ -231,14 +355,22 @@ def map_adapters(
     results: list[TaskMapping] = []
     exhaustive = 0
     for task in tqdm(task_sets, desc="map adapters", unit="task", disable=not progress):
-        encoded = scorer.encode(task.examples[: config.max_examples or len(task.examples)])
+        examples = task.examples[: config.max_examples or len(task.examples)]
+        encoded = scorer.encode(examples)
         mine = own.get(task.task) if own.get(task.task) in pool else None
+        answer, metric, metric_name = None, None, None
+        if config.criterion == "metric":
+            answer, metric, metric_name = _metric_functions(scorer, examples)
         found = successive_halving(
-            pool.ids, len(encoded), lambda a, idx: scorer.score(a, [encoded[i] for i in idx]), config, preferred=mine
+            pool.ids, len(encoded), lambda a, idx: scorer.score(a, [encoded[i] for i in idx]), config, preferred=mine,
+            answer=answer, metric=metric,
         )
         exhaustive += len(pool) * len(encoded)
         results.append(TaskMapping(task=task.task, adapter=found.winner, score=found.score, own_adapter=mine,
-                                   evaluations=found.evaluations, rounds=found.rounds))
+                                   metric=metric_name, metric_score=found.metric_score,
+                                   evaluations=found.evaluations, generations=found.generations,
+                                   rounds=found.rounds, round_criteria=found.round_criteria,
+                                   standings=found.standings))
         if write:  # after every task: an interrupted run keeps what it has mapped
             write_mapping(pool_dir, {task.task: found.winner})
     result = MappingResult(
@@ -246,9 +378,31 @@ def map_adapters(
         tasks=results,
         evaluations=sum(r.evaluations for r in results),
         exhaustive_evaluations=exhaustive,
+        generations=sum(r.generations for r in results),
+        criterion=config.criterion,
         seconds=round(time.perf_counter() - start, 1),
     )
     return result
+
+
+def _metric_functions(scorer: AdapterScorer, examples: Sequence[Example]) -> tuple[AnswerFn, MetricFn, str]:
+    """The answer and metric functions of one task: its examples' metric (one per task), scored as
+    the evaluation scores a task (`task_score`: corpus BLEU, mean EM or ROUGE-L)."""
+    from .evaluation.metrics import task_score
+
+    metrics = sorted({e.metric for e in examples})
+    if len(metrics) != 1:
+        raise DatasetError(f"task '{examples[0].task}' mixes metrics {metrics}: the 'metric' criterion needs one")
+    name = metrics[0]
+    refs = [e.targets or "" for e in examples]
+
+    def answer(adapter_id: str, idx: Sequence[int]) -> list[str]:
+        return scorer.answers(adapter_id, [examples[i] for i in idx])
+
+    def metric(answers: Sequence[str]) -> float:
+        return task_score(name, list(answers), refs[: len(answers)])
+
+    return answer, metric, name
 
 
 def write_mapping(pool_dir: str | Path, mapping: Mapping[str, str]) -> Path:
