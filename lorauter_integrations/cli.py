@@ -87,13 +87,18 @@ def index(
 @app.command()
 def tasks(store: Optional[Path] = StoreOpt, server: Optional[str] = ServerOpt, config: Optional[Path] = ConfigOpt,
           as_json: bool = typer.Option(False, "--json")) -> None:
-    """List the tasks of the store."""
-    recs = _open_store(store, server, config).tasks()
+    """List the tasks of the store (and, on stderr, its calibrated similarity floor)."""
+    st = _open_store(store, server, config)
+    recs = st.tasks()
     if as_json:
         _print_json([r.model_dump() for r in recs])
     else:
         for r in recs:
             typer.echo(f"{r.task}\t{r.domain or '-'}\t{r.metric}\t{r.size}")
+    cal = st.recorded_floor("hybrid") if "hybrid" in st.representations else None
+    typer.echo(f"similarity floor (hybrid): {cal.floor:.4f}, calibrated on {cal.n_examples} examples "
+               f"(keeps {cal.routed:.1%} routed)" if cal else
+               "similarity floor: none recorded (`lorauter calibrate-floor`)", err=True)
 
 
 @app.command()
@@ -103,6 +108,36 @@ def remove(task: str, store: Optional[Path] = StoreOpt, server: Optional[str] = 
     st = _open_store(store, server, config, write=True)
     st.remove(task)
     typer.echo(f"removed {task}; the store holds {len(st)} tasks", err=True)
+
+
+@app.command("calibrate-floor")
+def calibrate_floor_cmd(
+    store: Optional[Path] = StoreOpt,
+    server: Optional[str] = ServerOpt,
+    config: Optional[Path] = ConfigOpt,
+    keep: float = typer.Option(0.99, "--keep", min=0.5, max=1.0,
+                               help="Share of the store's held-out examples the floor keeps routed."),
+    folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds inside each task."),
+    representation: str = typer.Option("hybrid", "--representation", help="hybrid (lorauter) or paper."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Calibrate the store's similarity floor on its own validation examples and record it.
+
+    Cross-validation inside each task: the largest floor that keeps --keep of the held-out examples
+    routed. `lorauter index` records it by itself; routers use it with floor 'auto' (the default).
+    """
+    from .routing.floor import calibrate_floor
+
+    st = _open_store(store, server, config, write=True)
+    cal = calibrate_floor(st, representation, keep=keep, folds=folds, record=True)
+    if as_json:
+        _print_json(cal.model_dump())
+        return
+    q = cal.quantiles
+    typer.echo(f"similarity floor ({cal.representation}): {cal.floor:.4f}  keeps {cal.routed:.1%} of "
+               f"{cal.n_examples} held-out examples of {cal.n_tasks} tasks routed ({cal.folds}-fold CV, "
+               f"keep {cal.keep}); top-1 similarity p1 {q['p1']:.3f}  p5 {q['p5']:.3f}  p50 {q['p50']:.3f}; "
+               f"{cal.seconds:.1f} s; recorded in the store")
 
 
 @app.command()
@@ -115,7 +150,9 @@ def route(
     strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Default: settings, else lorauter."),
     k: Optional[int] = typer.Option(None, "--top-k", "-k", min=1, help="Default: settings, else 3."),
     tau: Optional[float] = typer.Option(None, "--tau", min=1e-6, help="Default: settings, else 0.2."),
-    floor: Optional[float] = typer.Option(None, "--floor", help="Below this similarity use the base model."),
+    floor: Optional[str] = typer.Option(
+        None, "--floor", help="Below this similarity use the base model: a number, 'auto' (the floor "
+                              "calibrated in the store; the default) or 'off'."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Route one prompt and print the Route: tasks, and the pool's adapters for them (as `generate`)."""
@@ -125,12 +162,14 @@ def route(
     if not text.strip():
         raise InvalidInputError("cannot route an empty prompt: give some text")
     settings = _settings(config, store=store, server=server, pool=pool, strategy=strategy, k=k, tau=tau, floor=floor)
-    r = build_router(settings).route(text)
+    router = build_router(settings)
+    r = router.route(text)
+    floor_now = router.floor_in_force() if hasattr(router, "floor_in_force") else None
     if as_json:
-        _print_json(r.model_dump())
+        _print_json({**r.model_dump(), "floor": floor_now})
         return
     if r.fallback:
-        typer.echo("base model (no task close enough)")
+        typer.echo(f"base model ({r.fallback_reason or 'no task close enough'})")
     for t, s in zip(r.tasks, r.similarities):
         typer.echo(f"task     {t:<32} score {s:.3f}")
     for a, w in zip(r.adapters, r.weights):
@@ -149,7 +188,9 @@ def generate(
     strategy: Optional[str] = typer.Option(None, "--strategy", "-s", help="Default: settings, else lorauter."),
     k: Optional[int] = typer.Option(None, "--top-k", "-k", min=1, help="Default: settings, else 3."),
     tau: Optional[float] = typer.Option(None, "--tau", min=1e-6, help="Default: settings, else 0.2."),
-    floor: Optional[float] = typer.Option(None, "--floor", help="Below this similarity use the base model."),
+    floor: Optional[str] = typer.Option(
+        None, "--floor", help="Below this similarity use the base model: a number, 'auto' (the floor "
+                              "calibrated in the store; the default) or 'off'."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0),
     seed: Optional[int] = typer.Option(None, "--seed"),

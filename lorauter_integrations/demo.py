@@ -35,19 +35,29 @@ def demo_store_dir() -> Path:
     return cache_dir() / "stores" / "demo"
 
 
+def _index_demo(store: TaskStore) -> None:
+    """Index the bundled validation sets (idempotent; a change also records the similarity floor) and
+    record the floor if the store has none: a demo store cached by an earlier version, or one whose
+    indexing run ended before the floor was recorded, gets it once (a few seconds)."""
+    store.index_file(bundled_data_dir() / "validation.jsonl", progress=False)
+    if any(store.recorded_floor(rep) is None for rep in store.representations):
+        store.calibrate_floors()
+
+
 def demo_store(store_dir: str | Path | None = None) -> TaskStore:
     """A task store of the bundled validation sets.
 
     With ``store_dir``: that folder, indexed (once, idempotently) and held by this process.
     Without: a private copy of the canonical demo store (indexed once, in the cache dir).
+    Either way the store carries its calibrated similarity floor (``LoRAuterRouter(floor="auto")``).
     """
     if store_dir is not None:
         store = TaskStore(store_dir, lock_wait_s=_LOCK_WAIT_S)
-        store.index_file(bundled_data_dir() / "validation.jsonl", progress=False)
+        _index_demo(store)
         return store
     canonical = demo_store_dir()
     with TaskStore(canonical, lock_wait_s=_LOCK_WAIT_S) as store:
-        store.index_file(bundled_data_dir() / "validation.jsonl", progress=False)
+        _index_demo(store)
         # Copied while the lock is held: no writer can change the folder meanwhile.
         private = Path(tempfile.mkdtemp(prefix="lorauter-demo-store-"))
         atexit.register(shutil.rmtree, private, True)

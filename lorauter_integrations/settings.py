@@ -3,7 +3,8 @@
 One configuration read by the CLI and by Python alike (`load_settings`), from, lowest first:
 
 1. the defaults: the demo model, the bundled adapter pool, the demo task store, ``lorauter``
-   routing with k=3, tau=0.2, no floor;
+   routing with k=3, tau=0.2 and the router's default floor (`routing.lorauter.DEFAULT_FLOOR`,
+   ``"auto"``: the floor calibrated and recorded in the store, none if none is recorded);
 2. a ``lorauter.toml`` file: ``$LORAUTER_CONFIG``, else the first ``lorauter.toml`` in the current
    folder or its parents (relative paths in it are relative to the file);
 3. environment variables ``LORAUTER_MODEL``, ``LORAUTER_POOL``, ``LORAUTER_STORE``,
@@ -18,7 +19,7 @@ Example ``lorauter.toml``::
     strategy = "lorauter"
     k = 2
     tau = 0.2
-    floor = 0.3
+    floor = 0.3                   # or "auto" (the store's calibrated floor), "off" (none)
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InvalidInputError
 
@@ -56,14 +57,26 @@ class Settings(BaseModel):
     strategy: str = Field("lorauter", description="Routing strategy (lorauter, retriever, examples, ...).")
     k: int = Field(3, ge=1, description="Tasks mixed per route (top-k).")
     tau: float = Field(0.2, gt=0, description="Softmax temperature over the top-k similarities.")
-    floor: float | None = Field(None, description="Below this best similarity: the base model.")
+    floor: float | Literal["auto", "off"] | None = Field(
+        None, description='Below this best similarity: the base model. "auto": the floor recorded in the store; '
+                          '"off" (or "none"): no floor; None (not set): the router\'s default (DEFAULT_FLOOR).')
     source: str | None = Field(None, description="The lorauter.toml these settings were read from.")
+
+    @field_validator("floor", mode="before")
+    @classmethod
+    def _parse_floor(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from .routing.floor import parse_floor
+
+        parsed = parse_floor(value)
+        return "off" if parsed is None else parsed
 
     def router_config(self) -> dict[str, Any]:
         """The routing knobs as ``RoutedModel(router_config=...)`` takes them."""
         cfg: dict[str, Any] = {"k": self.k, "tau": self.tau}
         if self.floor is not None:
-            cfg["floor"] = self.floor
+            cfg["floor"] = None if self.floor == "off" else self.floor
         return cfg
 
 

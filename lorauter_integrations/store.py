@@ -8,7 +8,10 @@ Layout (every collection in cosine space, every vector computed by us, never by 
 - ``{name}-tasks-{rep}``  one or a few records (prototypes) per task for each task
   representation ``rep`` (``paper``: the LoRAuter mean embedding; ``hybrid``: our default).
 - ``{name}-meta``  the task registry (one record per *completely indexed* task: domain, metric,
-  size, content hash, created-at) and the fitted state of each representation.
+  size, content hash, created-at), the fitted state of each representation and the similarity
+  floor calibrated for each on the store's examples (`routing.floor`; recorded by `index` when
+  every task has 5 examples or more, dropped and recalibrated whenever the tasks change, and
+  ignored if it was calibrated on other tasks than the registry's).
 
 A task is written examples first, vectors next, registry record last, so a killed index run
 leaves the store queryable and a re-run finishes the job (content hashes make re-runs idempotent).
@@ -76,6 +79,7 @@ _STATE_PREFIX = "state:"
 _TASK_PREFIX = "task:"
 _VERSION_ID = "version"
 _JOURNAL_ID = "journal"
+_FLOOR_PREFIX = "floor:"
 #: The layout version this code writes and reads; a store stamped with a higher one was written by
 #: a newer version of the package (stores without a stamp are schema 1).
 STORE_SCHEMA = 1
@@ -150,6 +154,14 @@ def _decode_state(doc: str) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in npz.files}
     except (ValueError, OSError) as exc:
         raise StoreError(f"the store's representation state is unreadable ({exc}); re-index the store") from exc
+
+
+def _sorted_rows(ids, embeddings, documents, metadatas) -> tuple[list[str], np.ndarray, list[str], list[str | None]]:
+    """Example rows as (texts, dense, task ids, domains), sorted by record id (``task/00000``...)."""
+    order = np.argsort(np.asarray(ids), kind="stable")
+    dense = np.asarray(embeddings, dtype=np.float32)[order]
+    mds = [metadatas[i] for i in order]
+    return ([documents[i] for i in order], dense, [m["task"] for m in mds], [m.get("domain") or None for m in mds])
 
 
 def _client_address(client: Any) -> str:
@@ -597,6 +609,7 @@ class TaskStore:
         self._checked_at = time.monotonic()
         self._load_states()
         self._registry_cache: dict[str, TaskRecord] | None = None
+        self._floor_cache: dict[str, Any] = {}
 
     def close(self) -> None:
         """Release the store: close the Chroma client it opened from ``path`` (its SQLite and index
@@ -707,6 +720,7 @@ class TaskStore:
 
     def _bump_version(self) -> None:
         """Stamp a write, so that other processes sharing the store reload their cached view."""
+        self._floor_cache = {}
         self._version = uuid.uuid4().hex
         self._meta.upsert(ids=[_VERSION_ID], embeddings=np.ones((1, 1), dtype=np.float32),
                           documents=[self._version], metadatas=[{"kind": "version"}])
@@ -747,6 +761,7 @@ class TaskStore:
         """Forget cached registry and state (another process may have changed a shared store)."""
         with self._lock:
             self._registry_cache = None
+            self._floor_cache = {}
             self._load_states()
 
     def tasks(self) -> list[TaskRecord]:
@@ -782,6 +797,91 @@ class TaskStore:
             vecs = [v for _, v in items][: limit or None]
             out[t] = np.stack(vecs)
         return out
+
+    # -- the calibrated similarity floor ----------------------------------------------------
+    def tasks_fingerprint(self) -> str:
+        """A hash of the registry (every task's id, content hash and size): what a calibrated floor
+        depends on. A floor recorded for other tasks is stale and not used."""
+        h = hashlib.sha256()
+        for r in self.tasks():
+            h.update(json.dumps([r.task, r.content_hash, r.size]).encode())
+        return h.hexdigest()[:16]
+
+    @_wrap_chroma("record the similarity floor")
+    def record_floor(self, calibration: Any) -> None:
+        """Record a calibrated similarity floor (`routing.floor.FloorCalibration`) for its
+        representation; ``LoRAuterRouter(floor="auto")`` routes with it. Recording is what
+        `routing.floor.calibrate_floor(store, record=True)` and `index` do."""
+        from .routing.floor import FloorCalibration
+
+        if not isinstance(calibration, FloorCalibration):
+            raise InvalidInputError(f"record_floor takes a FloorCalibration, got {type(calibration).__name__}")
+        self._rep(calibration.representation)
+        with self._lock:
+            if not calibration.tasks_fingerprint:
+                calibration = calibration.model_copy(update={"tasks_fingerprint": self.tasks_fingerprint()})
+            self._meta.upsert(ids=[_FLOOR_PREFIX + calibration.representation],
+                              embeddings=np.ones((1, 1), dtype=np.float32),
+                              documents=[calibration.model_dump_json()],
+                              metadatas=[{"kind": "floor", "representation": calibration.representation}])
+            self._bump_version()
+
+    def recorded_floor(self, rep: str = "hybrid") -> Any:
+        """The similarity floor calibrated for representation ``rep`` (a `FloorCalibration`), or None
+        when none is recorded or the one recorded was calibrated on other tasks (the store changed
+        since). A malformed record is a `StoreError`."""
+        self._maybe_refresh()
+        self._rep(rep)
+        with self._lock:
+            if rep not in self._floor_cache:
+                self._floor_cache[rep] = self._read_floor(rep)
+            return self._floor_cache[rep]
+
+    @_wrap_chroma("read the similarity floor")
+    def _read_floor(self, rep: str) -> Any:
+        from .routing.floor import FloorCalibration
+
+        got = self._meta.get(ids=[_FLOOR_PREFIX + rep], include=["documents"])
+        if not got["ids"]:
+            return None
+        doc = (got["documents"] or [None])[0]
+        try:
+            cal = FloorCalibration.model_validate_json(doc or "")
+            if cal.representation != rep:
+                raise ValueError(f"it is recorded for representation {cal.representation!r}")
+        except Exception as exc:
+            raise StoreError(
+                f"task store {self._where}: the recorded similarity floor of representation '{rep}' is malformed "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); recalibrate it (`lorauter calibrate-floor "
+                "--store DIR`) or route with an explicit floor"
+            ) from exc
+        return cal if cal.tasks_fingerprint == self.tasks_fingerprint() else None
+
+    def _forget_floors(self) -> None:
+        """Drop every recorded floor (before a write run changes the tasks they were calibrated on)."""
+        self._meta.delete(ids=[_FLOOR_PREFIX + rep for rep in self.representations])
+        self._floor_cache = {}
+
+    def calibrate_floors(self, progress: bool = False) -> dict[str, Any]:
+        """Calibrate and record the similarity floor of every representation (`routing.floor`, default
+        settings) when the store has two tasks or more and every task has enough examples for the
+        cross-validation (5); otherwise, or for a representation a fold cannot be fitted for, none is
+        recorded. `index` and `remove` call it after changing the tasks. Returns what was recorded."""
+        from .routing.floor import DEFAULT_FOLDS, calibrate_floor, too_few_examples
+
+        done: dict[str, Any] = {}
+        rows = self.example_rows()
+        if not rows[2] or len(set(rows[2])) < 2 or too_few_examples(rows[2], DEFAULT_FOLDS):
+            return done
+        # ~3-20 s for 960 examples (hybrid; most of it is fitting the representation once per fold)
+        with tqdm(total=DEFAULT_FOLDS * len(self.representations), desc="calibrating the similarity floor",
+                  unit="fold", disable=not progress) as bar:
+            for rep in list(self.representations):
+                try:
+                    done[rep] = calibrate_floor(self, rep, rows=rows, record=True, on_fold=lambda: bar.update(1))
+                except InvalidInputError:
+                    continue
+        return done
 
     # -- encoding ---------------------------------------------------------------------------
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -901,10 +1001,12 @@ class TaskStore:
             if not todo and not orphans and not running:
                 if self._representations_outdated():
                     fitted = self._fit_without(())
+                    self._forget_floors()
                     self._write_journal(sorted(pending))  # a killed rebuild is redone by the next run
                     self._write_fit(fitted)
                     self._clear_journal(still_dirty)
                     report.refitted = True
+                    self.calibrate_floors(progress)
                 return report
             # Encode and fit before the first write: what cannot be encoded or fitted is refused
             # with the store unchanged.
@@ -921,6 +1023,7 @@ class TaskStore:
                 [(i, v, d, md) for ts, _ in todo for i, v, d, md in zip(
                     rows[ts.task][0], rows[ts.task][1], ts.inputs, [rows[ts.task][2]] * len(ts.inputs))],
             )
+            self._forget_floors()  # calibrated on the tasks this run changes
             self._stamp_encoder()
             run = uuid.uuid4().hex
             self._write_journal(sorted(pending | {ts.task for ts, _ in todo}), run=run)
@@ -942,6 +1045,7 @@ class TaskStore:
             if recs:
                 self._write_registry(recs, run=run)
             self._clear_journal(still_dirty)
+            self.calibrate_floors(progress)
         return report
 
     # -- the journal of write runs ------------------------------------------------------------
@@ -1020,36 +1124,48 @@ class TaskStore:
         got = self._examples.get(include=["embeddings", "metadatas", "documents"])
         self._write_fit(self._fit_rows(got["ids"], got["embeddings"], got["documents"], got["metadatas"]))
 
+    def _fit_representation(self, rep_name: str, texts: list[str], dense: np.ndarray, task_of: list[str],
+                            domains: list[str | None], rep: TaskRepresentation | None = None,
+                            ) -> tuple[TaskRepresentation, np.ndarray]:
+        """A new ``rep_name`` representation (this version's recipe: a state loaded from the store may
+        be an older one; or ``rep``, made by ``make_representation(rep_name)``) fitted on these examples,
+        and their feature rows; degenerate data that cannot be fitted is an `InvalidInputError`."""
+        rep = rep if rep is not None else make_representation(rep_name)
+        try:
+            rep.fit(texts, dense, task_of, domains)
+            feats = rep.featurize(texts, dense)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:  # scipy: NaN/inf, singular
+            raise InvalidInputError(
+                f"task store {self._where}: the '{rep_name}' task representation cannot be fitted on these "
+                f"examples ({type(exc).__name__}: {exc}); nothing was written. This happens with degenerate "
+                "data (e.g. every task has a single example, or all inputs are identical): give the tasks "
+                "several varied examples"
+            ) from exc
+        return rep, feats
+
+    @_wrap_chroma("read examples")
+    def example_rows(self) -> tuple[list[str], np.ndarray, list[str], list[str | None]]:
+        """Every indexed example as (texts, dense vectors, task ids, domains), sorted by record id, so
+        each task's examples come in indexing order (what the representations are fitted on)."""
+        got = self._examples.get(include=["embeddings", "metadatas", "documents"])
+        if not got["ids"]:
+            return [], np.zeros((0, int(self.encoder.dim)), dtype=np.float32), [], []
+        return _sorted_rows(got["ids"], got["embeddings"], got["documents"], got["metadatas"])
+
     def _fit_rows(self, ids, embeddings, documents, metadatas) -> list[tuple] | None:
         """Fit every representation on these example rows and compute all task vectors, in memory
         (nothing is written: a write run fits first, so data that cannot be fitted is refused before
         the store changes). None when there are no examples."""
         if not len(ids):
             return None
-        order = np.argsort(np.asarray(ids), kind="stable")
-        dense = np.asarray(embeddings, dtype=np.float32)[order]
-        texts = [documents[i] for i in order]
-        mds = [metadatas[i] for i in order]
-        task_of = [m["task"] for m in mds]
-        domains = [m.get("domain") or None for m in mds]
+        texts, dense, task_of, domains = _sorted_rows(ids, embeddings, documents, metadatas)
         domain_of = dict(zip(task_of, domains))
         idx_by_task: dict[str, list[int]] = {}
         for i, t in enumerate(task_of):
             idx_by_task.setdefault(t, []).append(i)
         fitted = []
         for rep_name in list(self.representations):
-            # Always this version's recipe: a state loaded from the store may be an older one.
-            rep = make_representation(rep_name)
-            try:
-                rep.fit(texts, dense, task_of, domains)
-                feats = rep.featurize(texts, dense)
-            except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:  # scipy: NaN/inf, singular
-                raise InvalidInputError(
-                    f"task store {self._where}: the '{rep_name}' task representation cannot be fitted on these "
-                    f"examples ({type(exc).__name__}: {exc}); nothing was written. This happens with degenerate "
-                    "data (e.g. every task has a single example, or all inputs are identical): give the tasks "
-                    "several varied examples"
-                ) from exc
+            rep, feats = self._fit_representation(rep_name, texts, dense, task_of, domains)
             vec_ids, vecs, metas = [], [], []
             for t, idx in idx_by_task.items():
                 protos = rep.task_vectors(feats[idx])
@@ -1111,12 +1227,14 @@ class TaskStore:
             self.task(task)  # raises UnknownTaskError
             pending, _, _ = self._read_journal()
             fitted = self._fit_without({task})  # before writing: a refused removal changes nothing
+            self._forget_floors()
             self._write_journal(sorted({*pending, task}))  # a killed removal is finished by the next index
             self._meta.delete(ids=[_TASK_PREFIX + task])
             self._registry_cache = None
             self._examples.delete(where={"task": task})
             self._write_fit(fitted)
             self._clear_journal([t for t in pending if t != task])
+            self.calibrate_floors()
 
     @_wrap_chroma("write synthetic task vectors")
     def add_task_vectors(self, rep: str, tasks: Sequence[str], vectors: np.ndarray,

@@ -7,6 +7,7 @@ from typing import Mapping
 from ..errors import InvalidInputError
 from ..route import Route
 from .base import Router, merge_by_adapter, softmax
+from .floor import parse_floor
 from .examples import ExamplesRouter
 from .lorauter import LoRAuterRouter
 from .retriever import RetrieverRouter
@@ -39,6 +40,9 @@ def router_settings() -> dict[str, set[str]]:
 def build_router(strategy: str, store, task_to_adapter: Mapping[str, str] | None = None, **cfg) -> Router:
     """Build a router by strategy name; ``cfg`` passes settings (k, tau, floor, top_p, n...).
 
+    ``floor``: ``"auto"`` (the default: the floor recorded in the store), None / ``"none"`` /
+    ``"off"`` (no floor) or a number.
+
     One configuration serves every strategy: a setting that some strategy accepts is passed to
     the strategies that have it; a setting no strategy has is refused (a typo must not be
     silently ignored).
@@ -52,7 +56,10 @@ def build_router(strategy: str, store, task_to_adapter: Mapping[str, str] | None
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise InvalidInputError(f"unknown router setting(s) {unknown}; known: {', '.join(sorted(known))}")
-    kwargs = {k: v for k, v in cfg.items() if k in settings[strategy] and v is not None}
+    if "floor" in cfg:  # "auto", None / "none" / "off", or a number; refused otherwise, whatever the strategy
+        cfg = {**cfg, "floor": parse_floor(cfg["floor"])}
+    # None means "the default", except for floor, where None is "no floor" (the default is "auto")
+    kwargs = {k: v for k, v in cfg.items() if k in settings[strategy] and (v is not None or k == "floor")}
     return cls(store, task_to_adapter, **fixed, **kwargs)
 
 

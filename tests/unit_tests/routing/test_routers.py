@@ -48,7 +48,7 @@ def test_lorauter_weights_are_softmax_of_similarities_over_tau(shared_store):
 
 @pytest.mark.parametrize("strategy", ["lorauter", "lorauter-paper", "retriever", "examples"])
 def test_ood_exclusion_never_returns_the_excluded_task(shared_store, flan_queries, strategy):
-    router = build_router(strategy, shared_store)
+    router = build_router(strategy, shared_store, floor=None)  # no floor: without its own task a query may fall below it
     for q in flan_queries[::20]:
         r = router.route(q.inputs, exclude_tasks={q.task})
         assert q.task not in r.tasks and q.task not in r.adapters
