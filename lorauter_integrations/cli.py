@@ -411,6 +411,10 @@ def eval_cmd(
     pool: Optional[Path] = typer.Option(None, "--pool", help="Adapter pool folder (default: the bundled demo pool)."),
     all_queries: bool = typer.Option(False, "--all", help="Every query of every selected task (no --limit-per-task)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Resamples for the 95% intervals (0: none)."),
+    arrow: bool = typer.Option(False, "--arrow", help="Add PEFT's Arrow router over the whole pool as strategy 'arrow'."),
+    arrow_top_k: int = typer.Option(3, "--arrow-top-k", min=1, help="Adapters Arrow mixes per token."),
+    arrow_cache: Optional[Path] = typer.Option(
+        None, "--arrow-cache", help="JSON file of Arrow answers (default: NAME.arrow.json beside --cache)."),
 ) -> None:
     """Generate for every test query under each routing strategy and score the answers."""
     _need_lab()
@@ -429,6 +433,7 @@ def eval_cmd(
         engine, test, strategies=names, ood_modes=(False, True) if both else (ood,),
         tasks=[t.strip() for t in tasks_.split(",") if t.strip()] if tasks_ else None,
         limit_per_task=None if all_queries else limit_per_task, cache=cache, bootstrap=bootstrap,
+        answerers=_arrow_answerer(pool, arrow_top_k, arrow_cache, cache) if arrow else None,
     )
     text = e2e.markdown(report)
     if markdown_path:
@@ -441,6 +446,15 @@ def eval_cmd(
         _print_json(report.model_dump())
     else:
         typer.echo(text)
+
+
+def _arrow_answerer(pool: Optional[Path], top_k: int, arrow_cache: Optional[Path], cache: Optional[Path]) -> dict:
+    from .demo import DEMO_POOL_DIR
+    from .lab.evaluation.arrow import ArrowAnswerer
+
+    if arrow_cache is None and cache is not None:
+        arrow_cache = cache.with_name(cache.stem + ".arrow.json")
+    return {"arrow": ArrowAnswerer(pool or DEMO_POOL_DIR, top_k=top_k, cache=arrow_cache)}
 
 
 @app.command("bench")
