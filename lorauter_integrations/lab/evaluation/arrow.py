@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ...adapters.pool import AdapterPool
 from ...data import Example
-from ...engine.models import DEMO_MODEL, LoadedModel, load_base_model
+from ...engine.models import DEMO_MODEL, DEMO_MODEL_ID, LoadedModel, load_base_model
 from ...engine.prompts import PromptRenderer
 from ...errors import IncompatibleAdapterError, InvalidInputError
 from ...settings import quiet_loading
@@ -65,6 +65,16 @@ def check_arrow_compatible(pool: AdapterPool) -> None:
             raise IncompatibleAdapterError(
                 f"Arrow needs one LoRA rank for every adapter and module: {rec.id!r} has r="
                 f"{sorted(set(ranks.values()))}, {ref.id!r} r={sorted(set(ref_ranks.values()))}")
+
+
+def _base_id(model: str | LoadedModel) -> str:
+    """The base model id `load_base_model` will report for ``model``."""
+    if isinstance(model, LoadedModel):
+        return model.base_model_id
+    if model == DEMO_MODEL:
+        return DEMO_MODEL_ID
+    marker = Path(model) / "BASE_MODEL_ID"
+    return marker.read_text().strip() if marker.exists() else str(model)
 
 
 class ArrowAnswerer:
@@ -123,7 +133,7 @@ class ArrowAnswerer:
         self._model_spec, self._device, self._dtype = model, device, dtype
         self.model = None  # the PeftModel, built on first use
         self.tokenizer = None
-        self.model_name = model.base_model_id if isinstance(model, LoadedModel) else str(model)
+        self.model_name = _base_id(model)  # known without loading: cached answers need no model
         self._layers: list = []  # every ArrowLoraLinearLayer
         self._full: list[tuple[list[str], object]] = []  # their full adapter names and prototypes
         self._active: tuple[str, ...] | None = None
@@ -234,8 +244,6 @@ class ArrowAnswerer:
         from .e2e import _AnswerCache
 
         start = time.perf_counter()
-        if self.model is None:
-            self._build()
         store = _AnswerCache(self.cache_path, self.model_name)
         groups: dict[frozenset, list[int]] = defaultdict(list)
         for i, q in enumerate(queries):
@@ -267,7 +275,8 @@ class ArrowAnswerer:
                     store.save()
                     bar.update(len(chunk))
         bar.close()
-        self.use(self.ids)
+        if self.model is not None:
+            self.use(self.ids)
         self.stats = {"models": len(groups), "generated": generated, "cached": cached,
                       "seconds": round(time.perf_counter() - start, 1)}
         return [a if a is not None else "" for a in answers]
