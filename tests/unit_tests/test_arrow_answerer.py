@@ -19,7 +19,7 @@ from lorauter_integrations.engine import RoutedModel  # noqa: E402
 from lorauter_integrations.engine.prompts import PromptRenderer  # noqa: E402
 from lorauter_integrations.errors import IncompatibleAdapterError  # noqa: E402
 from lorauter_integrations.lab.evaluation.arrow import ArrowAnswerer  # noqa: E402
-from lorauter_integrations.lab.evaluation.e2e import evaluate_e2e  # noqa: E402
+from lorauter_integrations.lab.evaluation.e2e import evaluate_e2e, markdown  # noqa: E402
 
 PROMPTS = ["Is this review positive or negative? The film was a joy.", "Translate to French: the cat sits.",
            "What is the capital of France?", "Summarize: the committee met on Tuesday, then left."]
@@ -115,6 +115,8 @@ def test_it_is_an_e2e_answerer(tmp_path, make_adapter, tiny_loaded):
                           answerers={"arrow": ArrowAnswerer(root, tiny_loaded, top_k=1, progress=False)})
     assert all(r.strategies == ["base", "oracle", "arrow"] for r in report.results)
     assert all(s["adapters"] == {} for r in report.results for s in r.samples if s["strategy"] == "arrow")
+    share = [line for line in markdown(report).splitlines() if line.startswith("| base-model share |")]
+    assert share and all(line.endswith("| - |") for line in share)  # no route, no fallback share
 
 
 def test_a_pool_arrow_cannot_mix_is_refused_with_the_reason(tiny_pool_dir, tiny_loaded):

@@ -447,7 +447,8 @@ def markdown(report: E2EReport) -> str:
         if res.ci95:
             lines.append("| 95% CI | " + " | ".join(f"{res.ci95[s][0]:.1f}-{res.ci95[s][1]:.1f}" for s in res.strategies) + " |")
         if res.fallback_rate:
-            lines.append("| base-model share | " + " | ".join(f"{res.fallback_rate[s]:.2f}" for s in res.strategies) + " |")
+            lines.append("| base-model share | " + " | ".join(  # answerers have no routes: "-"
+                f"{res.fallback_rate[s]:.2f}" if s in res.fallback_rate else "-" for s in res.strategies) + " |")
         if res.paired:
             lines += ["", "Paired differences of the mean (bootstrap 95% CI, same resampled queries):", "",
                       "| difference | points | 95% CI | excludes 0 |", "|---|---:|---|---|"]
