@@ -126,7 +126,7 @@ def calibrate_floor_cmd(
     Cross-validation inside each task: the largest floor that keeps --keep of the held-out examples
     routed. `lorauter index` records it by itself; routers use it with floor 'auto' (the default).
     """
-    from .routing.floor import calibrate_floor
+    from .floor import calibrate_floor
 
     st = _open_store(store, server, config, write=True)
     cal = calibrate_floor(st, representation, keep=keep, folds=folds, record=True)

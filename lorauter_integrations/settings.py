@@ -67,7 +67,7 @@ class Settings(BaseModel):
     def _parse_floor(cls, value: Any) -> Any:
         if value is None:
             return None
-        from .routing.floor import parse_floor
+        from .floor import parse_floor
 
         parsed = parse_floor(value)
         return "off" if parsed is None else parsed

@@ -9,7 +9,7 @@ Layout (every collection in cosine space, every vector computed by us, never by 
   representation ``rep`` (``paper``: the LoRAuter mean embedding; ``hybrid``: our default).
 - ``{name}-meta``  the task registry (one record per *completely indexed* task: domain, metric,
   size, content hash, created-at), the fitted state of each representation and the similarity
-  floor calibrated for each on the store's examples (`routing.floor`; recorded by `index` when
+  floor calibrated for each on the store's examples (`floor`; recorded by `index` when
   every task has 5 examples or more, dropped and recalibrated whenever the tasks change, and
   ignored if it was calibrated on other tasks than the registry's).
 
@@ -809,10 +809,10 @@ class TaskStore:
 
     @_wrap_chroma("record the similarity floor")
     def record_floor(self, calibration: Any) -> None:
-        """Record a calibrated similarity floor (`routing.floor.FloorCalibration`) for its
+        """Record a calibrated similarity floor (`floor.FloorCalibration`) for its
         representation; ``LoRAuterRouter(floor="auto")`` routes with it. Recording is what
-        `routing.floor.calibrate_floor(store, record=True)` and `index` do."""
-        from .routing.floor import FloorCalibration
+        `floor.calibrate_floor(store, record=True)` and `index` do."""
+        from .floor import FloorCalibration
 
         if not isinstance(calibration, FloorCalibration):
             raise InvalidInputError(f"record_floor takes a FloorCalibration, got {type(calibration).__name__}")
@@ -839,7 +839,7 @@ class TaskStore:
 
     @_wrap_chroma("read the similarity floor")
     def _read_floor(self, rep: str) -> Any:
-        from .routing.floor import FloorCalibration
+        from .floor import FloorCalibration
 
         got = self._meta.get(ids=[_FLOOR_PREFIX + rep], include=["documents"])
         if not got["ids"]:
@@ -863,11 +863,11 @@ class TaskStore:
         self._floor_cache = {}
 
     def calibrate_floors(self, progress: bool = False) -> dict[str, Any]:
-        """Calibrate and record the similarity floor of every representation (`routing.floor`, default
+        """Calibrate and record the similarity floor of every representation (`floor`, default
         settings) when the store has two tasks or more and every task has enough examples for the
         cross-validation (5); otherwise, or for a representation a fold cannot be fitted for, none is
         recorded. `index` and `remove` call it after changing the tasks. Returns what was recorded."""
-        from .routing.floor import DEFAULT_FOLDS, calibrate_floor, too_few_examples
+        from .floor import DEFAULT_FOLDS, calibrate_floor, too_few_examples
 
         done: dict[str, Any] = {}
         rows = self.example_rows()

@@ -7,7 +7,7 @@ from typing import Mapping
 from ..errors import InvalidInputError
 from ..route import Route
 from .base import Router, merge_by_adapter, softmax
-from .floor import parse_floor
+from ..floor import parse_floor
 from .examples import ExamplesRouter
 from .lorauter import LoRAuterRouter
 from .retriever import RetrieverRouter

@@ -6,7 +6,7 @@ weights of tasks that share an adapter. Below a similarity floor (the top task's
 no indexed task covers the prompt: fall back to the base model (``below_floor="base"``) or to the
 mixture scaled by ``damping`` (``below_floor="damped"``: ``W x + damping * sum_i w_i B_i A_i x``).
 
-The floor is calibrated per store, on the store's own validation examples (`routing.floor`:
+The floor is calibrated per store, on the store's own validation examples (`floor`:
 5-fold cross-validation inside each task, the largest floor that keeps 99% of the held-out
 examples routed), and recorded in the store by `index` (or ``lorauter calibrate-floor``);
 ``floor="auto"`` (`DEFAULT_FLOOR`) routes with the floor recorded for the router's representation,
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from ..errors import InvalidInputError
 from .base import Router, Stopwatch, merge_by_adapter, softmax
-from .floor import parse_floor
+from ..floor import parse_floor
 from ..route import Route, empty_reason
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 #: Reference value: the hybrid floor of the demo (Flan) store, calibrated on its validation sets
 #: only (``scripts/floor_study.py``, ``results/floor/``): the largest floor that keeps 99% of the
 #: cross-validated queries whose task is indexed routed (it catches 60% of generic chat prompts,
-#: 0.2% of test_dev). `routing.floor.calibrate_floor` computes it per store (0.21 again for the
+#: 0.2% of test_dev). `floor.calibrate_floor` computes it per store (0.21 again for the
 #: demo store, which records it); routers use the recorded value (``floor="auto"``), not this one.
 CALIBRATED_FLOOR = 0.21
 

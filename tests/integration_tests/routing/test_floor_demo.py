@@ -10,7 +10,7 @@ import pytest
 
 from lorauter_integrations.demo import demo_pool, demo_store, demo_store_dir
 from lorauter_integrations.routing import LoRAuterRouter
-from lorauter_integrations.routing.floor import calibrate_floor
+from lorauter_integrations.floor import calibrate_floor
 from lorauter_integrations.routing.lorauter import CALIBRATED_FLOOR
 from lorauter_integrations.store import LOCK_FILE, TaskStore
 

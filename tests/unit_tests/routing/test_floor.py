@@ -10,7 +10,7 @@ import pytest
 
 from lorauter_integrations.errors import InvalidInputError, StoreError
 from lorauter_integrations.routing import LoRAuterRouter, build_router
-from lorauter_integrations.routing.floor import (
+from lorauter_integrations.floor import (
     FloorCalibration, calibrate_floor, cross_validated_similarities, floor_from_similarities, parse_floor,
     top_similarities,
 )

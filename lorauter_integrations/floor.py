@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import InvalidInputError
-from ..representations import make_representation
+from .errors import InvalidInputError
+from .representations import make_representation
 
-if TYPE_CHECKING:
-    from ..store import TaskStore
+# The store is passed in (a `TaskStore`, used through its methods): this module sits below
+# store.py, which calls it at the end of `index`, so it does not import it, not even for typing.
+TaskStore = Any
 
 #: Steps of the floor grid (``scripts/floor_study.py``'s).
 FLOOR_STEP = 0.0025
