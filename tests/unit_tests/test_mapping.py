@@ -21,7 +21,8 @@ from lorauter_integrations.adapters.pool import AdapterPool
 EXHAUSTIVE = HalvingConfig(start_examples=10_000, max_examples=None)
 
 
-def _table_scores(table: dict[str, list[float]]):
+def _table_scores(table: dict[str, list]):
+    """A lookup of recorded values (scores or answers) per (adapter, example), logging the calls."""
     calls: list[tuple[str, int]] = []
 
     def score(name, idx):
@@ -149,16 +150,6 @@ def test_write_mapping_moves_a_task_to_its_new_adapter(pool_of_six):
 
 
 # --- the metric criterion: the task's metric on greedy answers decides the final rounds ---------
-def _table_answers(table: dict[str, list[str]]):
-    calls: list[tuple[str, int]] = []
-
-    def answer(name, idx):
-        calls.extend((name, i) for i in idx)
-        return [table[name][i] for i in idx]
-
-    return answer, calls
-
-
 def _em_of(refs):
     from lorauter_integrations.lab.evaluation.metrics import task_score
 
@@ -194,7 +185,7 @@ def test_the_metric_criterion_overrules_the_likelihood_after_likelihood_pruning(
     likelihood = successive_halving(list(LIKELIHOOD), 8, _table_scores(LIKELIHOOD)[0], HalvingConfig())
     assert likelihood.winner == "format" and likelihood.generations == 0 and likelihood.metric_score is None
 
-    answer, answered = _table_answers(ANSWERS_TABLE)
+    answer, answered = _table_scores(ANSWERS_TABLE)
     result = successive_halving(list(LIKELIHOOD), 8, _table_scores(LIKELIHOOD)[0], halving,
                                 answer=answer, metric=_em_of(REFS))
     assert result.winner == "right" and result.metric_score == 100.0
@@ -208,7 +199,7 @@ def test_the_metric_criterion_overrules_the_likelihood_after_likelihood_pruning(
 
     # Ranked by the metric from round 0, "buried" survives and ties "right" on EM; "right" has the
     # better likelihood and wins the tie.
-    answer, answered = _table_answers(ANSWERS_TABLE)
+    answer, answered = _table_scores(ANSWERS_TABLE)
     early = successive_halving(list(LIKELIHOOD), 8, _table_scores(LIKELIHOOD)[0],
                                halving.model_copy(update={"metric_from_round": 0}), answer=answer,
                                metric=_em_of(REFS))
@@ -221,10 +212,10 @@ def test_the_metric_criterion_breaks_metric_ties_by_likelihood_then_preference()
     answers = {name: ["wrong"] * 4 for name in table}  # every EM is 0: the metric cannot decide
     config = HalvingConfig(start_examples=4, max_examples=4, criterion="metric", metric_from_round=0)
     result = successive_halving(list(table), 4, _table_scores(table)[0], config,
-                                answer=_table_answers(answers)[0], metric=_em_of(["x"] * 4))
+                                answer=_table_scores(answers)[0], metric=_em_of(["x"] * 4))
     assert result.winner == "high"
     preferred = successive_halving(list(table), 4, _table_scores(table)[0], config, preferred="twin",
-                                   answer=_table_answers(answers)[0], metric=_em_of(["x"] * 4))
+                                   answer=_table_scores(answers)[0], metric=_em_of(["x"] * 4))
     assert preferred.winner == "twin"
 
 
